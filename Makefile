@@ -1,0 +1,80 @@
+# The course in two commands: `make lab` and `make test`. Both bootstrap .venv/ on first use.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PY     := $(BIN)/python
+STAMP  := $(VENV)/.installed
+JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# JupyterLab refuses to run as root unless told; containers and CI run as root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
+.PHONY: help setup lab test test-fast lint format notebooks solutions server-start server-stop server-status grade lock clean
+
+help: ## Show the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+
+$(STAMP): requirements.txt requirements-lock.txt pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else "The course needs Python 3.10 or newer (found " + sys.version.split()[0] + "). Set PYTHON=python3.x")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
+	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# Jupyter settings for this venv only: no "news" prompt on first start.
+	@mkdir -p $(VENV)/share/jupyter/lab/settings
+	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
+	  > $(VENV)/share/jupyter/lab/settings/overrides.json
+	@touch $(STAMP)
+
+setup: $(STAMP) ## Create .venv and install the pinned dependencies
+
+lab: $(STAMP) server-start ## Start (or reuse) the Temporal server and open the course in JupyterLab
+	@echo "Opening JupyterLab on the course. Stop it with Ctrl-C; the Temporal server keeps running (make server-stop)."
+	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_welcome.ipynb
+
+test: $(STAMP) ## Lint, then test helpers, solutions (strict nbval) and learner notebooks
+	$(BIN)/ruff check helpers tests
+	$(BIN)/ruff format --check helpers tests
+	$(PY) -m pytest tests -q
+	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg \
+	  --nbval-cell-timeout 60 solutions
+
+lint: $(STAMP) ## ruff check + format check
+	$(BIN)/ruff check helpers tests
+	$(BIN)/ruff format --check helpers tests
+
+format: $(STAMP) ## ruff fix + format
+	$(BIN)/ruff check --fix helpers tests
+	$(BIN)/ruff format helpers tests
+
+notebooks: $(STAMP) ## Regenerate the learner notebooks in notebooks/ from solutions/
+	$(PY) -m helpers.build notebooks
+
+solutions: $(STAMP) ## Re-execute solutions/ in place (their outputs are the nbval reference)
+	$(PY) -m helpers.build execute $(NB)
+
+server-start: $(STAMP) ## Reuse a Temporal server at TEMPORAL_ADDRESS or start the dev server
+	@$(PY) -m helpers.server start
+
+server-stop: $(STAMP) ## Stop the dev server the course started (never another one)
+	@$(PY) -m helpers.server stop
+
+server-status: $(STAMP) ## Say whether a Temporal server answers and who started it
+	@$(PY) -m helpers.server status
+
+grade: $(STAMP) ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n]"; exit 2; }
+	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS)
+
+lock: ## Re-resolve requirements-lock.txt in a scratch venv (after changing requirements.txt)
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q -r requirements.txt
+	{ head -n 2 requirements-lock.txt; .lock-venv/bin/pip freeze --exclude-editable \
+	  | grep -viE "^($$(sed -nE 's/^([A-Za-z0-9_.-]+)==.*/\1/p' requirements.txt | sort -u | paste -sd'|'))==" \
+	  | sed 's/$$/ ; python_version >= "3.11"/'; } > requirements-lock.new && mv requirements-lock.new requirements-lock.txt
+	rm -rf .lock-venv
+
+clean: ## Remove .venv and caches (keeps the server's data)
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

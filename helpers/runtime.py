@@ -17,6 +17,8 @@ import contextlib
 import html
 import importlib
 import itertools
+import logging
+import os
 import re
 import shutil
 import sys
@@ -408,11 +410,16 @@ def _register_magic(shell: Any, course: Course) -> None:
 _current: Course | None = None
 
 
+def quiet_sdk_logs() -> None:
+    """Workflow-task and activity failures are reported by the course, briefly; the SDK's own log records
+    (tracebacks on stderr) would bury that. ``TEMPORAL_COURSE_VERBOSE=1`` keeps them."""
+    if not os.environ.get("TEMPORAL_COURSE_VERBOSE"):
+        logging.getLogger("temporalio").setLevel(logging.CRITICAL)
+
+
 async def connect(where: server.Target, timeout: float = 10.0) -> Client:
     try:
-        return await asyncio.wait_for(
-            Client.connect(where.address, namespace=where.namespace, **where.connect_kwargs), timeout
-        )
+        return await server.connect(where, timeout)
     except Exception as err:
         raise CourseError(f"Could not connect to Temporal at {where.address}: {short_failure(err)}") from None
 
@@ -426,6 +433,7 @@ async def start(notebook: str, *, quiet: bool = False) -> Course:
         _current.notebook = notebook
         course = _current
     else:
+        quiet_sdk_logs()
         where = server.target()
         try:
             _, started = await asyncio.to_thread(server.ensure, where)

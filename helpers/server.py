@@ -98,6 +98,35 @@ def data_dir() -> Path:
     return path
 
 
+# --------------------------------------------------------------------------- connecting
+
+_SDK_RUNTIME: Any = None
+
+
+def sdk_runtime() -> Any:
+    """The SDK's Rust runtime, with its own log lines (printed straight to stdout) limited to errors.
+
+    The course reports failures itself, readably; core's WARN lines would land in notebook outputs.
+    """
+    global _SDK_RUNTIME
+    if _SDK_RUNTIME is None:
+        from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+        quiet = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
+        _SDK_RUNTIME = Runtime(telemetry=TelemetryConfig(logging=quiet))
+    return _SDK_RUNTIME
+
+
+async def connect(where: Target, timeout: float = PROBE_TIMEOUT_S) -> Any:
+    """A client for ``where``; bounded, because a port that accepts TCP but never speaks gRPC hangs ~30 s."""
+    from temporalio.client import Client
+
+    return await asyncio.wait_for(
+        Client.connect(where.address, namespace=where.namespace, runtime=sdk_runtime(), **where.connect_kwargs),
+        timeout,
+    )
+
+
 # --------------------------------------------------------------------------- probing
 
 Probe = Literal["temporal", "other", "closed"]
@@ -114,15 +143,10 @@ def _tcp_open(host: str, port: int, timeout: float) -> bool:
 
 async def probe(where: Target, timeout: float = PROBE_TIMEOUT_S) -> Probe:
     """Is a Temporal server answering? ``closed`` = nothing listens; ``other`` = something else does."""
-    from temporalio.client import Client
-
     if where.is_local and not _tcp_open(where.host, where.port, timeout):
         return "closed"
     try:
-        # Bounded: a port that accepts TCP but never speaks gRPC would make connect() wait ~30 s.
-        client = await asyncio.wait_for(
-            Client.connect(where.address, namespace=where.namespace, **where.connect_kwargs), timeout
-        )
+        client = await connect(where, timeout)
         await asyncio.wait_for(client.service_client.check_health(), timeout)
         return "temporal"
     except Exception:
@@ -410,5 +434,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Exit without interpreter finalization: the SDK's Rust runtime threads can abort a normal exit with
+    ``PyGILState_Release`` (temporalio/sdk-python#300) after all work is done."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

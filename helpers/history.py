@@ -1,0 +1,142 @@
+"""A run's event history, compactly: one row per event with the attributes a learner needs.
+
+The table renders as HTML in JupyterLab and as aligned text elsewhere (nbval compares both). Times are
+seconds since the workflow started, written ``+1.234 s`` so the sanitize file can mask them.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import WorkflowHistory
+
+MAX_VALUE_CHARS = 48
+
+
+def event_name(event: HistoryEvent) -> str:
+    """``EVENT_TYPE_ACTIVITY_TASK_SCHEDULED`` → ``ActivityTaskScheduled``."""
+    raw = EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+    return "".join(part.capitalize() for part in raw.split("_"))
+
+
+def payload_text(payloads: Any) -> str:
+    """Payloads as short JSON text (the default converter stores JSON); binary shown by size."""
+    parts = []
+    for p in getattr(payloads, "payloads", []):
+        try:
+            parts.append(json.dumps(json.loads(p.data), ensure_ascii=False))
+        except (ValueError, UnicodeDecodeError):
+            parts.append(f"<{len(p.data)} bytes>")
+    text = ", ".join(parts)
+    return text if len(text) <= MAX_VALUE_CHARS else text[: MAX_VALUE_CHARS - 1] + "…"
+
+
+def _duration(d: Any) -> str:
+    return f"{d.ToTimedelta().total_seconds():g}s"
+
+
+def details(event: HistoryEvent, names: dict[int, str]) -> str:
+    """The few attributes of ``event`` that tell its story."""
+    t = event.event_type
+    E = EventType
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_STARTED:
+        a = event.workflow_execution_started_event_attributes
+        return f"{a.workflow_type.name}({payload_text(a.input)})"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+        return f"result {payload_text(event.workflow_execution_completed_event_attributes.result)}"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
+        return f"failure: {event.workflow_execution_failed_event_attributes.failure.message}"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_CONTINUED_AS_NEW:
+        return f"next input {payload_text(event.workflow_execution_continued_as_new_event_attributes.input)}"
+    if t == E.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+        a = event.workflow_task_failed_event_attributes
+        return f"{a.failure.message}"
+    if t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+        a = event.activity_task_scheduled_event_attributes
+        return f"{a.activity_type.name}({payload_text(a.input)})"
+    if t == E.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+        a = event.activity_task_started_event_attributes
+        return f"{names.get(a.scheduled_event_id, '')} attempt {a.attempt}"
+    if t == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+        a = event.activity_task_completed_event_attributes
+        return f"{names.get(a.scheduled_event_id, '')} → {payload_text(a.result)}"
+    if t == E.EVENT_TYPE_ACTIVITY_TASK_FAILED:
+        a = event.activity_task_failed_event_attributes
+        return f"{names.get(a.scheduled_event_id, '')}: {a.failure.message}"
+    if t == E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT:
+        a = event.activity_task_timed_out_event_attributes
+        return f"{names.get(a.scheduled_event_id, '')}: {a.failure.message}"
+    if t == E.EVENT_TYPE_TIMER_STARTED:
+        return f"sleep {_duration(event.timer_started_event_attributes.start_to_fire_timeout)}"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
+        a = event.workflow_execution_signaled_event_attributes
+        return f"{a.signal_name}({payload_text(a.input)})"
+    if t == E.EVENT_TYPE_MARKER_RECORDED:
+        return event.marker_recorded_event_attributes.marker_name
+    if t == E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
+        a = event.start_child_workflow_execution_initiated_event_attributes
+        return f"{a.workflow_type.name}({payload_text(a.input)})"
+    return ""
+
+
+@dataclass(frozen=True)
+class Row:
+    event_id: int
+    event: str
+    details: str
+    seconds: float
+
+
+class HistoryTable:
+    """An event history as rows; displays itself as a table."""
+
+    def __init__(self, rows: list[Row], workflow_id: str) -> None:
+        self.rows = rows
+        self.workflow_id = workflow_id
+
+    def counts(self) -> Counter[str]:
+        return Counter(r.event for r in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _cells(self) -> list[tuple[str, str, str, str]]:
+        return [(str(r.event_id), r.event, r.details, f"+{r.seconds:.3f} s") for r in self.rows]
+
+    def __repr__(self) -> str:
+        header = ("#", "event", "details", "time")
+        cells = [header, *self._cells()]
+        widths = [max(len(c[i]) for c in cells) for i in range(4)]
+        lines = ["  ".join(c[i].ljust(widths[i]) for i in range(4)).rstrip() for c in cells]
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        body = "".join(
+            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells) + "</tr>" for cells in self._cells()
+        )
+        style = "text-align:left;font-family:monospace;font-size:12px"
+        return (
+            f'<table style="{style}"><thead><tr><th>#</th><th>event</th><th>details</th><th>time</th></tr></thead>'
+            f"<tbody>{body}</tbody></table>"
+        )
+
+
+def table(history: WorkflowHistory) -> HistoryTable:
+    """Turn a fetched history (``await handle.fetch_history()``) into a :class:`HistoryTable`."""
+    events = list(history.events)
+    start: datetime | None = events[0].event_time.ToDatetime() if events else None
+    names: dict[int, str] = {}
+    rows = []
+    for e in events:
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            names[e.event_id] = e.activity_task_scheduled_event_attributes.activity_type.name
+        seconds = (e.event_time.ToDatetime() - start).total_seconds() if start else 0.0
+        rows.append(Row(e.event_id, event_name(e), details(e, names), seconds))
+    return HistoryTable(rows, history.workflow_id)

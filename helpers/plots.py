@@ -1,0 +1,141 @@
+"""Pictures of what Temporal did: a run's timeline (workflow tasks, activities, timers, children)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from temporalio.api.enums.v1 import EventType as E
+from temporalio.client import WorkflowHistory
+
+COLORS = {
+    "workflow": "#d9d9d9",
+    "workflow task": "#4c72b0",
+    "activity": "#55a868",
+    "failed": "#c44e52",
+    "timer": "#dd8452",
+    "child": "#8172b2",
+    "compensation": "#937860",
+}
+
+
+@dataclass(frozen=True)
+class Span:
+    """One bar: ``row`` label, ``kind`` (a COLORS key), waiting from ``queued`` to ``start``, running to ``end``."""
+
+    row: str
+    kind: str
+    queued: float
+    start: float
+    end: float
+    label: str = ""
+
+
+def spans(history: WorkflowHistory) -> list[Span]:
+    """The bars of a history, in seconds since the workflow started."""
+    events = list(history.events)
+    if not events:
+        return []
+    t0 = events[0].event_time.ToDatetime()
+
+    def t(e: Any) -> float:
+        return (e.event_time.ToDatetime() - t0).total_seconds()
+
+    by_id = {e.event_id: e for e in events}
+    out: list[Span] = [Span("workflow", "workflow", 0.0, 0.0, t(events[-1]), history.workflow_id)]
+    for e in events:
+        et = e.event_type
+        if et == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED or et == E.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            a = (
+                e.workflow_task_completed_event_attributes
+                if et == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+                else e.workflow_task_failed_event_attributes
+            )
+            sched, started = by_id.get(a.scheduled_event_id), by_id.get(a.started_event_id)
+            kind = "workflow task" if et == E.EVENT_TYPE_WORKFLOW_TASK_COMPLETED else "failed"
+            if sched and started:
+                out.append(Span("workflow tasks", kind, t(sched), t(started), t(e)))
+        elif et in (
+            E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED,
+            E.EVENT_TYPE_ACTIVITY_TASK_FAILED,
+            E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT,
+            E.EVENT_TYPE_ACTIVITY_TASK_CANCELED,
+        ):
+            attrs = {
+                E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: e.activity_task_completed_event_attributes,
+                E.EVENT_TYPE_ACTIVITY_TASK_FAILED: e.activity_task_failed_event_attributes,
+                E.EVENT_TYPE_ACTIVITY_TASK_TIMED_OUT: e.activity_task_timed_out_event_attributes,
+                E.EVENT_TYPE_ACTIVITY_TASK_CANCELED: e.activity_task_canceled_event_attributes,
+            }[et]
+            sched = by_id.get(attrs.scheduled_event_id)
+            if sched is None:
+                continue
+            name = sched.activity_task_scheduled_event_attributes.activity_type.name
+            started = by_id.get(getattr(attrs, "started_event_id", 0))
+            attempts = started.activity_task_started_event_attributes.attempt if started else 1
+            begin = t(started) if started else t(sched)
+            kind = "activity" if et == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED else "failed"
+            label = f"{attempts} attempts" if attempts > 1 else ""
+            out.append(Span(f"activity {name}", kind, t(sched), begin, t(e), label))
+        elif et in (E.EVENT_TYPE_TIMER_FIRED, E.EVENT_TYPE_TIMER_CANCELED):
+            a = e.timer_fired_event_attributes if et == E.EVENT_TYPE_TIMER_FIRED else e.timer_canceled_event_attributes
+            started = by_id.get(a.started_event_id)
+            if started:
+                out.append(Span("timers", "timer", t(started), t(started), t(e)))
+        elif et in (
+            E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED,
+            E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_FAILED,
+        ):
+            a = (
+                e.child_workflow_execution_completed_event_attributes
+                if et == E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED
+                else e.child_workflow_execution_failed_event_attributes
+            )
+            init = by_id.get(a.initiated_event_id)
+            started = by_id.get(a.started_event_id)
+            if init:
+                kind = "child" if et == E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED else "failed"
+                out.append(Span(f"child {a.workflow_type.name}", kind, t(init), t(started or init), t(e)))
+    return out
+
+
+def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> Any:
+    """Draw bars as a Gantt chart: light = waiting in a queue, solid = running."""
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    rows: list[str] = []
+    for s in bars:
+        if s.row not in rows:
+            rows.append(s.row)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.3))
+    end = max((s.end for s in bars), default=1.0) or 1.0
+    for s in bars:
+        y = len(rows) - 1 - rows.index(s.row)
+        color = COLORS.get(s.kind, "#999999")
+        if s.start > s.queued:
+            ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, color=color, alpha=0.3)
+        width = max(s.end - s.start, end * 0.004)  # instant events stay visible
+        ax.barh(y, width, left=s.start, height=0.5, color=color, edgecolor="black", linewidth=0.3)
+        if s.label and s.kind != "workflow":
+            ax.text(s.end + end * 0.01, y, s.label, va="center", fontsize=8)
+    ax.set_yticks(range(len(rows)), list(reversed(rows)))
+    ax.set_xlabel("seconds since the workflow started")
+    ax.set_xlim(0, end * 1.12)
+    kinds = [k for k in COLORS if any(s.kind == k for s in bars)]
+    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in kinds], loc="lower right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    ax.grid(axis="x", alpha=0.3)
+    return ax
+
+
+def timeline(history: WorkflowHistory, *, title: str | None = None) -> None:
+    """Plot a run's timeline and show it (``plt.show()``: no stray text output in the notebook)."""
+    import matplotlib.pyplot as plt
+
+    draw(spans(history), title=title or f"Timeline of {history.workflow_id}")
+    plt.tight_layout()
+    plt.show()

@@ -82,6 +82,10 @@ class RunningWorker:
     def running(self) -> bool:
         return not self.task.done()
 
+    def __repr__(self) -> str:
+        state = "running in the background" if self.running else "stopped"
+        return f"Worker {state} on task queue {self.task_queue} ({', '.join(self.names) or 'nothing registered'})"
+
     async def stop(self, timeout: float = WORKER_STOP_TIMEOUT_S) -> None:
         """Graceful stop: stop polling, cancel in-flight activities, wait (bounded) for the run loop."""
         if self.task.done():
@@ -135,7 +139,6 @@ class Course:
         workflows: Sequence[type] = (),
         activities: Sequence[Callable[..., Any]] = (),
         task_queue: str | None = None,
-        quiet: bool = False,
         **worker_options: Any,
     ) -> RunningWorker:
         """Run a worker in the background of this kernel, replacing one already on the same task queue."""
@@ -156,10 +159,6 @@ class Course:
         task = asyncio.create_task(worker.run(), name=f"worker:{queue}")
         running = RunningWorker(worker, task, queue, names)
         self.workers[queue] = running
-        if not quiet:
-            wf = ", ".join(w.__name__ for w in workflows) or "none"
-            acts = ", ".join(getattr(a, "__name__", "?") for a in activities) or "none"
-            print(f"Worker running in the background on task queue {queue} (workflows: {wf}; activities: {acts})")
         return running
 
     async def stop_worker(self, task_queue: str | None = None) -> bool:

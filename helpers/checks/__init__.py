@@ -122,7 +122,7 @@ async def worker_for(
     """A worker on a fresh task queue for the duration of a check; yields the queue name."""
     course = runtime.current()
     queue = course.new_task_queue(f"{purpose}-{next(course._ids)}")
-    await course.start_worker(workflows=workflows, activities=activities, task_queue=queue, quiet=True)
+    await course.start_worker(workflows=workflows, activities=activities, task_queue=queue)
     try:
         yield queue
     finally:

@@ -125,7 +125,13 @@ def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> A
     ax.set_xlabel("seconds since the workflow started")
     ax.set_xlim(0, end * 1.12)
     kinds = [k for k in COLORS if any(s.kind == k for s in bars)]
-    ax.legend(handles=[Patch(color=COLORS[k], label=k) for k in kinds], loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    ax.legend(
+        handles=[Patch(color=COLORS[k], label=k) for k in kinds],
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+        fontsize=8,
+        frameon=False,
+    )
     if title:
         ax.set_title(title)
     ax.grid(axis="x", alpha=0.3)

@@ -8,6 +8,8 @@ BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# Strict nbval over solutions/: stored outputs are the reference, tests/nbval.cfg masks ids, ports and times.
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nbval-cell-timeout 60
 # JupyterLab refuses to run as root unless told; containers and CI run as root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
@@ -36,19 +38,17 @@ lab: $(STAMP) server-start ## Start (or reuse) the Temporal server and open the 
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_welcome.ipynb
 
 test: $(STAMP) ## Lint, then test helpers, solutions (strict nbval) and learner notebooks
-	$(BIN)/ruff check helpers tests
-	$(BIN)/ruff format --check helpers tests
-	$(PY) -m pytest tests -q
-	$(PY) -m pytest -q -p no:randomly --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg \
-	  --nbval-cell-timeout 60 solutions
+	$(BIN)/ruff check helpers tests conftest.py
+	$(BIN)/ruff format --check helpers tests conftest.py
+	$(PY) -m pytest tests solutions $(NBVAL)
 
 lint: $(STAMP) ## ruff check + format check
-	$(BIN)/ruff check helpers tests
-	$(BIN)/ruff format --check helpers tests
+	$(BIN)/ruff check helpers tests conftest.py
+	$(BIN)/ruff format --check helpers tests conftest.py
 
 format: $(STAMP) ## ruff fix + format
-	$(BIN)/ruff check --fix helpers tests
-	$(BIN)/ruff format helpers tests
+	$(BIN)/ruff check --fix helpers tests conftest.py
+	$(BIN)/ruff format helpers tests conftest.py
 
 notebooks: $(STAMP) ## Regenerate the learner notebooks in notebooks/ from solutions/
 	$(PY) -m helpers.build notebooks

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import runtime, server
 
-HELLO = '''
+HELLO = """
 from datetime import timedelta
 from temporalio import activity, workflow
 
@@ -23,9 +23,9 @@ class Shout:
     @workflow.run
     async def run(self, text: str) -> str:
         return await workflow.execute_activity(shout, text, start_to_close_timeout=timedelta(seconds=5))
-'''
+"""
 
-BROKEN = '''
+BROKEN = """
 from temporalio import workflow
 
 @workflow.defn
@@ -33,7 +33,7 @@ class Broken:
     @workflow.run
     async def run(self) -> str:
         return undefined_name
-'''
+"""
 
 
 async def new_course(tmp_path: Path, notebook: str = "t") -> runtime.Course:

@@ -1,4 +1,5 @@
-"""Test session: a real Temporal dev server of its own, on a free port, stopped at the end.
+"""Every pytest run in this repo (tests/, nbval over solutions/) gets a real Temporal dev server of its own,
+on a free port, stopped at the end of the run.
 
 It never touches a learner's server on 7233: TEMPORAL_ADDRESS points every test, notebook kernel and grader
 run of this session at the private server, and TEMPORAL_COURSE_DATA at a temporary directory.

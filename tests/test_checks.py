@@ -1,0 +1,143 @@
+"""Verdicts: every outcome of a check is one parseable line; notebook 00's checks against real runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from helpers import checks, runtime
+from helpers.checks import nb00
+
+
+def run_check(check, *args, capsys) -> checks.Verdict:
+    asyncio.run(check(*args))
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    verdict = checks.parse(lines[0])
+    assert verdict is not None, lines[0]
+    return verdict
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "text"),
+    [
+        (NotImplementedError("Exercise 09.1: write the thing"), "not_done", "write the thing"),
+        (checks.NotDone("set X"), "not_done", "set X"),
+        (checks.Wrong("X should be 2"), "failed", "X should be 2"),
+        (ZeroDivisionError("division by zero"), "failed", "raised ZeroDivisionError: division by zero"),
+        (
+            runtime.WorkflowTaskFailed(
+                "m", failure="NotImplementedError: Exercise 09.1: do it (m.py line 3, in run)", workflow_id="w"
+            ),
+            "not_done",
+            "do it",
+        ),
+        (
+            runtime.WorkflowTaskFailed("m", failure="NameError: x (m.py line 3, in run)", workflow_id="w"),
+            "failed",
+            "your workflow code raised NameError: x",
+        ),
+    ],
+)
+def test_every_outcome_is_a_verdict_line(error, status, text, capsys):
+    @checks.exercise("09.1")
+    def check():
+        raise error
+
+    verdict = run_check(check, capsys=capsys)
+    assert verdict.status == status and text in verdict.message
+
+
+def test_a_check_that_hangs_is_cut_off(capsys):
+    @checks.exercise("09.2", timeout=0.3)
+    async def check():
+        await asyncio.sleep(60)
+
+    verdict = run_check(check, capsys=capsys)
+    assert verdict.status == "failed" and "gave up after 0.3 s" in verdict.message
+
+
+def test_parse_round_trips():
+    for status in ("passed", "not_done", "failed"):
+        v = checks.Verdict("03.2", status, "a hint: with a colon")
+        assert checks.parse(v.line()) == v
+    assert checks.parse("Hello, Ada!") is None
+
+
+HELLO = """
+from datetime import timedelta
+from temporalio import activity, workflow
+
+@activity.defn
+async def compose_greeting(name: str) -> str:
+    return f"Hello, {name}!"
+
+@workflow.defn
+class SayHello:
+    @workflow.run
+    async def run(self, name: str) -> str:
+        return await workflow.execute_activity(compose_greeting, name, start_to_close_timeout=timedelta(seconds=5))
+"""
+
+TEAM = """
+from datetime import timedelta
+from temporalio import workflow
+with workflow.unsafe.imports_passed_through():
+    from hello import compose_greeting
+
+@workflow.defn
+class GreetTeam:
+    @workflow.run
+    async def run(self, names: list[str]) -> list[str]:
+{body}
+"""
+
+CALL = "await workflow.execute_activity(compose_greeting, n, start_to_close_timeout=timedelta(seconds=5))"
+SOLVED = f"        return [{CALL} for n in names]"
+STUB = """        raise NotImplementedError('Exercise 00.1: call compose_greeting for each name')"""
+NO_ACTIVITIES = """        return [f"Hello, {n}!" for n in names]"""
+WRONG_ORDER = f"        return [{CALL} for n in reversed(names)]"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "hint"),
+    [
+        (SOLVED, "passed", "3 activity calls"),
+        (STUB, "not_done", "call compose_greeting for each name"),
+        (NO_ACTIVITIES, "failed", "0 activity call(s)"),
+        (WRONG_ORDER, "failed", "expected ['Hello, Ada!'"),
+    ],
+)
+def test_nb00_greet_team(body, status, hint, make_course, scratch, capsys):
+    hello = runtime.write_module(scratch, "hello", HELLO)
+    team = runtime.write_module(scratch, "team", TEAM.format(body=body))
+
+    async def scenario():
+        await make_course("00")
+        await nb00.check_greet_team(team.GreetTeam, hello.compose_greeting)
+
+    verdict = run_check(lambda: scenario(), capsys=capsys)
+    assert (verdict.exercise, verdict.status) == ("00.1", status)
+    assert hint in verdict.message
+
+
+@pytest.mark.parametrize(
+    ("tasks", "event", "status", "hint"),
+    [
+        (2, "ActivityTaskCompleted", "passed", "2 workflow tasks"),
+        (..., ..., "not_done", "WORKFLOW_TASKS"),
+        (3, "ActivityTaskCompleted", "failed", "WORKFLOW_TASKS = 3 is not it"),
+        (2, "WorkflowExecutionCompleted", "failed", "RESULT_EVENT = 'WorkflowExecutionCompleted'"),
+    ],
+)
+def test_nb00_history_quiz(tasks, event, status, hint, make_course, scratch, capsys):
+    hello = runtime.write_module(scratch, "hello", HELLO)
+
+    async def scenario():
+        await make_course("00")
+        await nb00.check_history_quiz(hello.SayHello, hello.compose_greeting, tasks, event)
+
+    verdict = run_check(lambda: scenario(), capsys=capsys)
+    assert (verdict.exercise, verdict.status) == ("00.2", status)
+    assert hint in verdict.message

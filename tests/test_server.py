@@ -1,0 +1,120 @@
+"""Server lifecycle: reuse, start, stop only our own, and one-line errors for what goes wrong."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from helpers import server
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def private_data(tmp_path, monkeypatch):
+    monkeypatch.setenv("TEMPORAL_COURSE_DATA", str(tmp_path))
+    return tmp_path
+
+
+def local_target(port: int) -> server.Target:
+    return server.Target(f"localhost:{port}", "default")
+
+
+def test_reuses_a_server_that_answers(private_data):
+    status, started = server.ensure(server.target())
+    assert (status.state, started, status.managed) == ("temporal", False, None)
+    assert "not started by the course" in status.describe()
+
+
+def test_starts_when_nothing_answers_then_stops_only_its_own(private_data, monkeypatch):
+    port = server.free_port()
+    monkeypatch.setenv("TEMPORAL_UI_PORT", str(server.free_port()))
+    status, started = server.ensure(local_target(port))
+    try:
+        assert started and status.state == "temporal"
+        mine = server.managed()
+        assert mine is not None and mine.port == port
+        assert (private_data / "temporal.db").exists(), "SQLite persistence in the data dir"
+        listening = [c.laddr.ip for c in psutil.Process(mine.pid).net_connections("tcp") if c.status == "LISTEN"]
+        assert listening and set(listening) == {"127.0.0.1"}, listening
+        # A second ensure reuses it: still one server process.
+        again, started_again = server.ensure(local_target(port))
+        assert not started_again and again.managed is not None and again.managed.pid == mine.pid
+    finally:
+        message = server.stop()
+    assert "Stopped" in message
+    assert not psutil.pid_exists(mine.pid) or psutil.Process(mine.pid).status() == psutil.STATUS_ZOMBIE
+    assert server.probe_sync(local_target(port), 1) == "closed"
+    assert "No course-started" in server.stop()
+
+
+def test_port_taken_by_something_else_is_one_clear_error(private_data):
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        started = time.monotonic()
+        with pytest.raises(server.ServerError, match="not a Temporal server"):
+            server.ensure(local_target(port))
+        assert time.monotonic() - started < 6, "probing a silent port is bounded"
+
+
+def test_missing_cli_says_how_to_get_it(private_data, monkeypatch):
+    monkeypatch.setattr(server, "find_binary", lambda name: None)
+    with pytest.raises(server.ServerError, match=r"`temporal` CLI is not installed.*make lab"):
+        server.ensure(local_target(server.free_port()))
+
+
+def test_server_exiting_at_start_shows_the_log_tail(private_data):
+    with pytest.raises(server.ServerError, match=r"exited at start(.|\n)*no such file or directory"):
+        server.DevServer.start(headless=True, db_path=Path("/nonexistent-dir/x.db"))
+
+
+def test_remote_address_is_never_started(private_data):
+    where = server.Target("temporal.invalid:7233", "default")
+    with pytest.raises(server.ServerError, match=r"No Temporal server answers at temporal\.invalid:7233"):
+        server.ensure(where)
+
+
+def test_cli_status_exit_codes(private_data):
+    env = {**os.environ}
+    ok = subprocess.run(
+        [sys.executable, "-m", "helpers.server", "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert ok.returncode == 0 and "answering" in ok.stdout
+    env["TEMPORAL_ADDRESS"] = f"localhost:{server.free_port()}"
+    down = subprocess.run(
+        [sys.executable, "-m", "helpers.server", "status"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert down.returncode == 3 and "No Temporal server answers" in down.stdout
+
+
+def test_environment_config_is_read(monkeypatch):
+    monkeypatch.setenv("TEMPORAL_ADDRESS", "example.test:7234")
+    monkeypatch.setenv("TEMPORAL_NAMESPACE", "class-a")
+    where = server.target()
+    assert (where.address, where.namespace, where.is_local, where.ui_url) == (
+        "example.test:7234",
+        "class-a",
+        False,
+        None,
+    )
+    monkeypatch.setenv("TEMPORAL_UI_URL", "https://ui.example.test/")
+    assert server.target().ui_url == "https://ui.example.test"

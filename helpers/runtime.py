@@ -13,9 +13,11 @@ watches the history and reports the failure in seconds instead of spinning.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import html
 import importlib
+import importlib.util
 import itertools
 import logging
 import os
@@ -382,6 +384,8 @@ def write_module(scratch: Path, name: str, source: str) -> Any:
     """Write ``source`` as ``<scratch>/<name>.py`` and (re)import it fresh."""
     if not name.isidentifier():
         raise CourseError(f"%%module needs a Python module name, e.g. `%%module orders` (got {name!r}).")
+    if _taken_elsewhere(name, scratch):
+        raise CourseError(f"%%module {name}: `{name}` is already a Python module; pick another name.")
     path = scratch / f"{name}.py"
     path.write_text(source)
     # A rewrite within the same second can keep the size and mtime: drop bytecode so the new code is used.
@@ -394,6 +398,22 @@ def write_module(scratch: Path, name: str, source: str) -> Any:
         raise CourseError(f"SyntaxError in %%module {name}, line {err.lineno}: {err.msg}") from None
     except Exception as err:
         raise CourseError(f"%%module {name} failed to import: {short_failure(err)}") from None
+
+
+def _in_scratch(module: Any, scratch: Path) -> bool:
+    origin = getattr(module, "__file__", None)
+    return origin is not None and Path(origin).parent == scratch
+
+
+def _taken_elsewhere(name: str, scratch: Path) -> bool:
+    """True if ``name`` is a module outside the scratch dir: shadowing ``time`` or ``json`` would break the kernel."""
+    if (module := sys.modules.get(name)) is not None:
+        return not _in_scratch(module, scratch)
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return False
+    return spec is not None and (spec.origin is None or Path(spec.origin).parent != scratch)
 
 
 def _register_magic(shell: Any, course: Course) -> None:
@@ -440,6 +460,7 @@ async def start(notebook: str, *, quiet: bool = False) -> Course:
             raise CourseError(str(err)) from None
         client = await connect(where)
         scratch = Path(tempfile.mkdtemp(prefix="temporal-course-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.path.insert(0, str(scratch))
         course = Course(notebook=notebook, client=client, target=where, scratch=scratch)
         _current = course

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import copy
+from datetime import datetime
 from pathlib import Path
 
 import nbformat
@@ -57,3 +59,39 @@ def test_learner_notebook_runs_all_and_checks_say_not_done(path: Path):
     errors = [o for c in nb.cells for o in c.get("outputs", []) if o.get("output_type") == "error"]
     raising = [c for c in nb.cells if "raises-exception" in c.metadata.get("tags", [])]
     assert len(errors) <= len(raising)
+
+
+CELL_BUDGET_S = 10.0
+
+
+def _seconds(cell) -> float:
+    timing = cell.metadata.get("execution", {})
+    start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+    if not (start and end):
+        return 0.0
+    parse = lambda t: datetime.fromisoformat(t.replace("Z", "+00:00"))  # noqa: E731
+    return (parse(end) - parse(start)).total_seconds()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
+def test_solution_runs_twice_in_one_kernel_within_the_cell_budget(path: Path):
+    """Run All, then Run All again in the same kernel (a learner re-running everything): no errors, no
+    leftover workers or id clashes, the same verdicts, and every cell within its 10 s budget."""
+    nb = nbformat.read(path, as_version=4)
+    twice = copy.deepcopy(nb)
+    second = copy.deepcopy(nb.cells)
+    for cell in second:
+        cell.id = f"{cell.id}-again"[:64]
+    twice.cells = nb.cells + second
+    client = NotebookClient(
+        twice, timeout=60, kernel_name="python3", allow_errors=False, resources={"metadata": {"path": str(path.parent)}}
+    )
+    client.record_timing = True
+    client.execute()
+    slow = {c.id: round(_seconds(c), 1) for c in twice.cells if c.cell_type == "code" and _seconds(c) > CELL_BUDGET_S}
+    assert not slow, f"cells over {CELL_BUDGET_S:g} s: {slow}"
+    verdicts = [_check_lines(c) for c in twice.cells if build.exercise_of(c)]
+    half = len(verdicts) // 2
+    assert verdicts[:half] == verdicts[half:]
+    assert all(lines and lines[0].startswith("✅") for lines in verdicts), verdicts

@@ -108,3 +108,10 @@ def test_ids_and_task_queues_are_unique_per_session(scratch):
         assert a.new_id("w") != a.new_id("w")
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("name", ["time", "json", "temporalio", "helpers"])
+def test_module_names_that_would_shadow_real_modules_are_refused(scratch, name):
+    with pytest.raises(runtime.CourseError, match="already a Python module"):
+        runtime.write_module(scratch, name, "x = 1\n")
+    assert not (scratch / f"{name}.py").exists()

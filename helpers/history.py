@@ -118,12 +118,14 @@ class HistoryTable:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
+        # JupyterLab right-aligns table cells by default; histories read better left-aligned.
+        td = '<td style="text-align:left">'
+        head = "".join(f'<th style="text-align:left">{h}</th>' for h in ("#", "event", "details", "time"))
         body = "".join(
-            "<tr>" + "".join(f"<td>{html.escape(v)}</td>" for v in cells) + "</tr>" for cells in self._cells()
+            "<tr>" + "".join(f"{td}{html.escape(v)}</td>" for v in cells) + "</tr>" for cells in self._cells()
         )
-        style = "text-align:left;font-family:monospace;font-size:12px"
         return (
-            f'<table style="{style}"><thead><tr><th>#</th><th>event</th><th>details</th><th>time</th></tr></thead>'
+            f'<table style="font-family:monospace;font-size:12px"><thead><tr>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>"
         )
 

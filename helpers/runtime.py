@@ -219,8 +219,8 @@ class Course:
         from IPython.display import display
 
         anchor = (
-            f'{html.escape(label)} started: <a href="{html.escape(url)}" target="_blank">'
-            f"<code>{html.escape(handle.id)}</code></a> (open in the Temporal UI)"
+            f"{html.escape(label)} started: <code>{html.escape(handle.id)}</code> · "
+            f'<a href="{html.escape(url)}" target="_blank" rel="noopener">open in the Temporal UI ↗</a>'
         )
         display({"text/plain": text, "text/html": anchor}, raw=True)
 

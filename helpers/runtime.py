@@ -29,6 +29,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -41,6 +42,7 @@ from temporalio.worker import Worker
 from helpers import server
 
 RESULT_TIMEOUT_S = 10.0
+EXECUTION_TIMEOUT = timedelta(minutes=30)
 WORKER_STOP_TIMEOUT_S = 5.0
 
 # Causes that mean "the workflow code itself is broken": retrying cannot help, so say so at once.
@@ -189,6 +191,9 @@ class Course:
         """Start a workflow (``run`` = ``MyWorkflow.run`` or a type name) and show its UI link."""
         wf_name = _workflow_name(run)
         workflow_id = id or self.new_id(id_prefix or _slug(wf_name))
+        # A kernel restart orphans the runs its workers were serving; the server closes them after this
+        # bound instead of keeping them "Running" forever (it matters on a workshop's shared server).
+        options.setdefault("execution_timeout", EXECUTION_TIMEOUT)
         handle = await self.client.start_workflow(
             run,
             args=list(args),
@@ -355,7 +360,7 @@ def short_failure(err: BaseException) -> str:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         parts.append(f"{type(current).__name__}: {current}".rstrip(": "))
-        current = current.__cause__ or current.__context__
+        current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return "\n  caused by ".join(parts)
 
 

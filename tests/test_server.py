@@ -118,3 +118,29 @@ def test_environment_config_is_read(monkeypatch):
     )
     monkeypatch.setenv("TEMPORAL_UI_URL", "https://ui.example.test/")
     assert server.target().ui_url == "https://ui.example.test"
+
+
+def test_cli_start_then_stop_leaves_nothing_running(private_data):
+    port = server.free_port()
+    env = {**os.environ, "TEMPORAL_ADDRESS": f"localhost:{port}", "TEMPORAL_UI_PORT": str(server.free_port())}
+
+    def cli(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "helpers.server", command],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    started = cli("start")
+    assert started.returncode == 0, started.stderr
+    assert "Started a Temporal dev server" in started.stdout and f"localhost:{port}" in started.stdout
+    pid = server.managed().pid
+    reused = cli("start")
+    assert "Started" not in reused.stdout and f"pid {pid}" in reused.stdout, "second start reuses the server"
+    stopped = cli("stop")
+    assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert cli("status").returncode == 3

@@ -79,7 +79,14 @@ def details(event: HistoryEvent, names: dict[int, str]) -> str:
         a = event.workflow_execution_signaled_event_attributes
         return f"{a.signal_name}({payload_text(a.input)})"
     if t == E.EVENT_TYPE_MARKER_RECORDED:
-        return event.marker_recorded_event_attributes.marker_name
+        a = event.marker_recorded_event_attributes
+        if a.marker_name == "core_patch" and "patch-data" in a.details:  # workflow.patched / deprecate_patch
+            data = json.loads(a.details["patch-data"].payloads[0].data)
+            return f"patch {data.get('id')!r}" + (" (deprecated)" if data.get("deprecated") else "")
+        return a.marker_name
+    if t == E.EVENT_TYPE_UPSERT_WORKFLOW_SEARCH_ATTRIBUTES:
+        fields = event.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+        return ", ".join(f"{key}={json.loads(value.data)}" for key, value in sorted(fields.items()))
     if t == E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
         a = event.start_child_workflow_execution_initiated_event_attributes
         return f"{a.workflow_type.name}({payload_text(a.input)})"

@@ -114,6 +114,9 @@ def sdk_runtime() -> Any:
 
         quiet = LoggingConfig(filter=TelemetryFilter(core_level="ERROR", other_level="ERROR"))
         _SDK_RUNTIME = Runtime(telemetry=TelemetryConfig(logging=quiet))
+        # Also for SDK objects made without an explicit runtime, e.g. a learner's `Replayer(workflows=[...])`:
+        # a failed replay would otherwise print a core WARN line (with run ids) into the cell's stderr.
+        Runtime.set_default(_SDK_RUNTIME, error_if_already_set=False)
     return _SDK_RUNTIME
 
 

@@ -257,7 +257,8 @@ async def check_replays_ok(replays_ok: Any) -> str:
                 else f"replays_ok raised {name}: {replay.reason(err)[:120]} for {what}."
             ) from None
         if not isinstance(said, bool):
-            raise Wrong(f"replays_ok should return True or False; for {what} it returned {said!r}.")
+            shown = repr(said) if len(repr(said)) <= 40 else f"a {type(said).__name__}"
+            raise Wrong(f"replays_ok should return True or False; for {what} it returned {shown}.")
         if said != expected:
             raise Wrong(f"replays_ok said {said} for {what}; it should say {expected}.")
     return "True for the unchanged code and for a compatible change, False when two activities swap places."

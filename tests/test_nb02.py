@@ -1,0 +1,389 @@
+"""Notebook 02 (determinism): the replay helpers and the three checks, against real runs on the session server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
+
+from helpers import checks, history, replay, runtime
+from helpers.checks import nb02
+
+
+def fill(template: str, **parts: str) -> str:
+    for key, value in parts.items():
+        template = template.replace(f"<<{key}>>", value)
+    return template
+
+
+def verdict_of(capsys: pytest.CaptureFixture[str]) -> checks.Verdict:
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1, lines
+    verdict = checks.parse(lines[0])
+    assert verdict is not None, lines[0]
+    return verdict
+
+
+# --------------------------------------------------------------------------- replay helpers
+
+ORDERS = """
+from datetime import timedelta
+from temporalio import activity, workflow
+
+with workflow.unsafe.imports_passed_through():
+    from helpers.replay import note
+
+
+@activity.defn
+async def charge(order_id: str) -> str:
+    note("charge ran")
+    return f"receipt-{order_id}"
+
+
+@activity.defn
+async def ship(order_id: str) -> str:
+    return f"parcel-{order_id}"
+
+
+@workflow.defn
+class ProcessOrder:
+    @workflow.run
+    async def run(self, order_id: str) -> list[str]:
+        note("start")
+        first = await workflow.execute_activity(<<first>>, order_id, start_to_close_timeout=timedelta(seconds=5))
+        note("middle")
+        second = await workflow.execute_activity(<<second>>, order_id, start_to_close_timeout=timedelta(seconds=5))
+        note("end")
+        return [first, second]
+"""
+
+PATCHED = """
+from datetime import timedelta
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from orders_t import charge, ship
+
+
+@workflow.defn
+class ProcessOrder:
+    @workflow.run
+    async def run(self, order_id: str) -> list[str]:
+        <<call>>
+        if workflow.patched("ship-first"):
+            order = [ship, charge]
+        else:
+            order = [charge, ship]
+        step = timedelta(seconds=5)
+        return [await workflow.execute_activity(a, order_id, start_to_close_timeout=step) for a in order]
+"""
+
+
+async def _record(course: runtime.Course, cls: type, activities: list, **worker_options) -> WorkflowHistory:
+    await course.start_worker(workflows=[cls], activities=activities, **worker_options)
+    handle = await course.start_workflow(cls.run, "A", show=False)
+    await course.result(handle)
+    await course.stop_all()
+    return await handle.fetch_history()
+
+
+def test_notes_show_each_workflow_task_replaying_then_going_live(make_course, scratch):
+    orders = runtime.write_module(scratch, "orders_t", fill(ORDERS, first="charge", second="ship"))
+
+    async def scenario():
+        course = await make_course("02")
+        replay.clear_notes()
+        hist = await _record(course, orders.ProcessOrder, [orders.charge, orders.ship], max_cached_workflows=0)
+        live = replay.notes()
+        replayed = await replay.replay(orders.ProcessOrder, hist)
+        return hist, live, replayed, replay.notes()
+
+    hist, live, replayed, again = asyncio.run(scenario())
+    assert live.rows() == [
+        ("1", "live", "start"),
+        ("", "activity", "charge ran"),
+        ("2", "replaying", "start"),
+        ("", "live", "middle"),
+        ("3", "replaying", "start"),
+        ("", "replaying", "middle"),
+        ("", "live", "end"),
+    ]
+    assert replayed.ok and repr(replayed) == "✅ replays"
+    assert again.lines() == ["start", "middle", "end"] and again.lines(replaying=False) == []
+    assert replay.notes().items == []  # reading clears
+
+    roles = replay.roles(hist)
+    kinds = {r.event: r.kind for r in roles.rows}
+    assert kinds["ActivityTaskScheduled"] == "command" and kinds["ActivityTaskCompleted"] == "input"
+    assert kinds["WorkflowTaskStarted"] == "" and "code must ask again" in repr(roles)
+    assert replay.activity_calls(hist) == ["charge", "ship"]
+    tasks = replay.commands_per_task(hist)
+    assert tasks == [
+        ['ScheduleActivityTask charge("A")'],
+        ['ScheduleActivityTask ship("A")'],
+        ['CompleteWorkflowExecution result ["receipt-A", "parcel-A"]'],
+    ]
+
+
+def test_matrix_patch_markers_and_a_learners_replayer_stays_quiet(make_course, scratch, capfd):
+    v1 = runtime.write_module(scratch, "orders_t", fill(ORDERS, first="charge", second="ship"))
+    v2 = runtime.write_module(scratch, "orders_t2", fill(ORDERS, first="ship", second="charge"))
+    v3 = runtime.write_module(scratch, "orders_t3", fill(PATCHED, call=""))
+    deprecated = fill(PATCHED, call='workflow.deprecate_patch("ship-first")').replace(
+        'if workflow.patched("ship-first"):', "if True:  # the old path is gone"
+    )
+    v4 = runtime.write_module(scratch, "orders_t4", deprecated)
+
+    async def scenario():
+        course = await make_course("02")
+        h1 = await _record(course, v1.ProcessOrder, [v1.charge, v1.ship])
+        h3 = await _record(course, v3.ProcessOrder, [v1.charge, v1.ship])
+        versions = {"v1": v1.ProcessOrder, "v2": v2.ProcessOrder, "v3": v3.ProcessOrder}
+        table = await replay.matrix({"v1 run": h1, "v3 run": h3}, versions)
+        capfd.readouterr()
+        # What a learner writes: no runtime argument. Its failure must not print core log lines into the cell.
+        result = await Replayer(workflows=[v2.ProcessOrder]).replay_workflow(h1, raise_on_replay_failure=False)
+        return h3, table, result, await replay.replay(v4.ProcessOrder, h1.to_json())
+
+    h3, table, result, v4_on_v1 = asyncio.run(scenario())
+    assert capfd.readouterr().err == ""
+    assert "Activity type of scheduled event 'charge' does not match" in replay.reason(result.replay_failure)
+    assert [table.ok("v1 run", v) for v in ("v1", "v2", "v3")] == [True, False, True]
+    assert [table.ok("v3 run", v) for v in ("v1", "v2", "v3")] == [False, False, True]
+    assert "Non-deprecated patch marker encountered for change ship-first" in repr(table)
+    assert repr(table).splitlines()[1].split()[-4:] == ["✅", "❌", "1", "✅"]  # v1 run: v1, v2 (reason 1), v3
+    assert not v4_on_v1.ok and v4_on_v1.nondeterministic and repr(v4_on_v1).startswith("❌ [TMPRL1100]")
+    details = {r.event: r.details for r in history.table(h3).rows}
+    assert details["MarkerRecorded"] == "patch 'ship-first'"
+    assert details["UpsertWorkflowSearchAttributes"] == "TemporalChangeVersion=['ship-first']"
+    assert nb02.patch_ids(h3) == ["ship-first"]
+
+
+def test_reason_reads_the_message_inside_core_failures():
+    err = RuntimeError('activation completion failed: Failure { failure: Some(Failure { message: "[X] a \\"b\\"", s')
+    assert replay.reason(err) == '[X] a "b"'
+    assert replay.reason(ValueError("plain")) == "ValueError: plain"
+    assert replay.reason(None) == ""
+
+
+@pytest.mark.parametrize(
+    ("failure", "hint"),
+    [
+        ("datetime.datetime.now.__call__", "now()"),
+        ("random.choice.__call__", "random()"),
+        ("uuid.uuid4.__call__", "uuid4()"),
+        ("__builtins__.open", "activity"),
+    ],
+)
+def test_sandbox_hint_names_the_fix(failure, hint):
+    text = nb02.sandbox_hint(f"RestrictedWorkflowAccessError: Cannot access {failure} from inside a workflow. If…")
+    assert text is not None and hint in text
+    assert nb02.sandbox_hint("NameError: x") is None
+
+
+# --------------------------------------------------------------------------- 02.1
+
+TICKETS = """
+import random
+import uuid
+from datetime import datetime, timedelta, timezone
+
+from temporalio import activity, workflow
+
+AGENTS = ["ada", "grace", "linus"]
+
+
+@activity.defn
+async def notify_agent(agent: str, ticket_id: str) -> str:
+    return f"{agent}, ticket {ticket_id} is yours"
+
+
+@workflow.defn
+class OpenTicket:
+    @workflow.run
+    async def run(self, subject: str) -> dict:
+<<body>>
+        await workflow.execute_activity(
+            notify_agent, args=[agent, ticket_id], start_to_close_timeout=timedelta(seconds=5)
+        )
+        return {"subject": subject, "ticket_id": ticket_id, "agent": agent, "due": due.isoformat()}
+"""
+T_SOLVED = """        ticket_id = str(workflow.uuid4())
+        agent = workflow.random().choice(AGENTS)
+        due = workflow.now() + timedelta(hours=4)"""
+T_STUB = """        raise NotImplementedError('Exercise 02.1: compute ticket_id, agent and due deterministically')"""
+T_ORIGINAL = """        ticket_id = str(uuid.uuid4())
+        agent = random.choice(AGENTS)
+        due = datetime.now(timezone.utc) + timedelta(hours=4)"""
+T_ONLY_CLOCK_LEFT = """        ticket_id = str(workflow.uuid4())
+        agent = workflow.random().choice(AGENTS)
+        due = datetime.now(timezone.utc) + timedelta(hours=4)"""
+T_FIXED_SEED = """        rng = random.Random(42)
+        ticket_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        agent = rng.choice(AGENTS)
+        due = workflow.now() + timedelta(hours=4)"""
+T_NO_OFFSET = """        ticket_id = str(workflow.uuid4())
+        agent = workflow.random().choice(AGENTS)
+        due = workflow.now()"""
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "hint"),
+    [
+        (T_SOLVED, "passed", "3 different ticket ids"),
+        (T_STUB, "not_done", "compute ticket_id, agent and due deterministically"),
+        (T_ORIGINAL, "failed", "called uuid.uuid4(): use workflow.uuid4()"),
+        (T_ONLY_CLOCK_LEFT, "failed", "called datetime.datetime.now(): use workflow.now()"),
+        (T_FIXED_SEED, "failed", "3 tickets all got the id"),
+        (T_NO_OFFSET, "failed", "due should be 4 hours after"),
+    ],
+    ids=["solved", "stub", "original", "clock-left", "fixed-seed", "no-offset"],
+)
+def test_nb02_deterministic_ticket(body, status, hint, make_course, scratch, capsys):
+    tickets = runtime.write_module(scratch, "tickets_t", fill(TICKETS, body=body))
+
+    async def scenario():
+        await make_course("02")
+        await nb02.check_deterministic_ticket(tickets)
+
+    asyncio.run(scenario())
+    verdict = verdict_of(capsys)
+    assert (verdict.exercise, verdict.status) == ("02.1", status), verdict
+    assert hint in verdict.message, verdict.message
+
+
+# --------------------------------------------------------------------------- 02.2
+
+SIGNUP = """
+from datetime import timedelta
+from temporalio import activity, workflow
+
+
+@activity.defn
+async def create_account(email: str) -> str:
+    return f"account for {email}"
+
+
+@activity.defn
+async def verify_email(email: str) -> str:
+    return f"verification link sent to {email}"
+
+
+@activity.defn
+async def send_welcome(email: str) -> str:
+    return f"welcome mail sent to {email}"
+
+
+@workflow.defn
+class Signup:
+    @workflow.run
+    async def run(self, email: str) -> str:
+        account = await workflow.execute_activity(create_account, email, start_to_close_timeout=timedelta(seconds=5))
+        await workflow.execute_activity(send_welcome, email, start_to_close_timeout=timedelta(seconds=5))
+        return account
+"""
+
+SIGNUP_V2 = """
+from datetime import timedelta
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from signup_t import create_account, send_welcome, verify_email
+
+
+@workflow.defn
+class Signup:
+    @workflow.run
+    async def run(self, email: str) -> str:
+        account = await workflow.execute_activity(create_account, email, start_to_close_timeout=timedelta(seconds=5))
+<<body>>
+        await workflow.execute_activity(send_welcome, email, start_to_close_timeout=timedelta(seconds=5))
+        return account
+"""
+VERIFY = "await workflow.execute_activity(verify_email, email, start_to_close_timeout=timedelta(seconds=5))"
+S_SOLVED = f"""        if workflow.patched("verify-email"):
+            {VERIFY}"""
+S_STUB = """        raise NotImplementedError('Exercise 02.2: call verify_email in new runs')"""
+S_UNGUARDED = f"""        {VERIFY}"""
+S_INVERTED = f"""        if not workflow.patched("verify-email"):
+            {VERIFY}"""
+S_DEPRECATED = f"""        workflow.deprecate_patch("verify-email")
+        {VERIFY}"""
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "hint"),
+    [
+        (S_SOLVED, "passed", "patch 'verify-email' recorded"),
+        (S_STUB, "not_done", "call verify_email in new runs"),
+        (S_UNGUARDED, "failed", "no longer replays on yours: [TMPRL1100] Nondeterminism error: Activity type"),
+        (S_INVERTED, "failed", "but not verify_email"),
+        (S_DEPRECATED, "failed", "no longer replays on yours"),
+    ],
+    ids=["solved", "stub", "unguarded", "inverted", "deprecated"],
+)
+def test_nb02_patched_signup(body, status, hint, make_course, scratch, capsys):
+    signup = runtime.write_module(scratch, "signup_t", SIGNUP)
+    signup_v2 = runtime.write_module(scratch, "signup_t2", fill(SIGNUP_V2, body=body))
+
+    async def scenario():
+        await make_course("02")
+        await nb02.check_patched_signup(signup, signup_v2.Signup)
+
+    asyncio.run(scenario())
+    verdict = verdict_of(capsys)
+    assert (verdict.exercise, verdict.status) == ("02.2", status), verdict
+    assert hint in verdict.message, verdict.message
+    if body == S_UNGUARDED:
+        assert "Guard the new step with `if workflow.patched" in verdict.message
+
+
+# --------------------------------------------------------------------------- 02.3
+
+
+async def solved(workflow_cls: type, history_json: str) -> bool:
+    hist = WorkflowHistory.from_json("replay-check", history_json)
+    result = await Replayer(workflows=[workflow_cls]).replay_workflow(hist, raise_on_replay_failure=False)
+    return result.replay_failure is None
+
+
+async def stub(workflow_cls: type, history_json: str) -> bool:
+    raise NotImplementedError("Exercise 02.3: replay the JSON history on workflow_cls")
+
+
+async def lets_the_error_escape(workflow_cls: type, history_json: str) -> bool:
+    await Replayer(workflows=[workflow_cls]).replay_workflow(WorkflowHistory.from_json("x", history_json))
+    return True
+
+
+async def always_true(workflow_cls: type, history_json: str) -> bool:
+    return True
+
+
+async def returns_the_result(workflow_cls: type, history_json: str) -> object:
+    hist = WorkflowHistory.from_json("x", history_json)
+    return await Replayer(workflows=[workflow_cls]).replay_workflow(hist, raise_on_replay_failure=False)
+
+
+@pytest.mark.parametrize(
+    ("fn", "status", "hint"),
+    [
+        (solved, "passed", "False when two activities swap places"),
+        (stub, "not_done", "replay the JSON history on workflow_cls"),
+        (lets_the_error_escape, "failed", "raised NondeterminismError for a change that swaps the two activities"),
+        (always_true, "failed", "said True for a change that swaps the two activities"),
+        (returns_the_result, "failed", "should return True or False"),
+    ],
+    ids=lambda v: getattr(v, "__name__", None),
+)
+def test_nb02_replays_ok(fn, status, hint, make_course, scratch, capsys):
+    async def scenario():
+        await make_course("02")
+        await nb02.check_replays_ok(fn)
+
+    asyncio.run(scenario())
+    verdict = verdict_of(capsys)
+    assert (verdict.exercise, verdict.status) == ("02.3", status), verdict
+    assert hint in verdict.message, verdict.message

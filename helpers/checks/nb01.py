@@ -111,9 +111,7 @@ async def check_refund_workflow(module: Any) -> str:
             "so after a crash it would run again. Call it with workflow.execute_activity(...)."
         )
     if names != REFUND_STEPS:
-        raise Wrong(
-            f"the history shows the activities {names}; the script runs {REFUND_STEPS}, in that order, once each."
-        )
+        raise Wrong(f"the history shows the activities {names}; the script runs {REFUND_STEPS}, in this order.")
     amounts = [a for a in scheduled[1][1] if isinstance(a, int | float)]
     if not any(abs(a - REFUND_AMOUNT) < 0.005 for a in amounts):
         raise Wrong(f"refund_payment got {scheduled[1][1]}; for these items the amount to refund is {REFUND_AMOUNT}.")
@@ -154,7 +152,10 @@ async def _activity_failure(handle: Any) -> str | None:
         desc = await asyncio.wait_for(handle.describe(), 3)
         for act in desc.raw_description.pending_activities:
             if act.attempt > 1 and act.HasField("last_failure") and act.last_failure.message:
-                return f"{act.activity_type.name} failed: {act.last_failure.message}"
+                failure = act.last_failure
+                kind = failure.application_failure_info.type if failure.HasField("application_failure_info") else ""
+                text = f"{kind}: {failure.message}" if kind else failure.message
+                return f"{act.activity_type.name} failed: {text}"
     return None
 
 

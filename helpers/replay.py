@@ -250,6 +250,24 @@ def commands_per_task(history: WorkflowHistory) -> list[list[str]]:
     return tasks
 
 
+async def until(handle: Any, event: str, timeout: float = 5.0) -> None:
+    """Wait (at most ``timeout`` s) until the run of ``handle`` has recorded an ``event``, e.g. ``"TimerStarted"``."""
+    from helpers.runtime import CourseError
+
+    async def watch() -> bool:
+        async for e in handle.fetch_history_events(wait_new_event=True):
+            if hist.event_name(e) == event:
+                return True
+        return False
+
+    try:
+        seen = await asyncio.wait_for(watch(), timeout)
+    except asyncio.TimeoutError:
+        seen = False
+    if not seen:
+        raise CourseError(f"Workflow {handle.id} recorded no {event} within {timeout:g} s.")
+
+
 # --------------------------------------------------------------------------- replaying
 
 _REASON = re.compile(r'message: "((?:[^"\\]|\\.)*)"')
@@ -383,4 +401,5 @@ __all__ = [
     "reason",
     "replay",
     "roles",
+    "until",
 ]

@@ -387,3 +387,19 @@ def test_nb02_replays_ok(fn, status, hint, make_course, scratch, capsys):
     verdict = verdict_of(capsys)
     assert (verdict.exercise, verdict.status) == ("02.3", status), verdict
     assert hint in verdict.message, verdict.message
+
+
+def test_until_waits_for_an_event_and_is_bounded(make_course, scratch):
+    orders = runtime.write_module(scratch, "orders_t", fill(ORDERS, first="charge", second="ship"))
+
+    async def scenario():
+        course = await make_course("02")
+        await course.start_worker(workflows=[orders.ProcessOrder], activities=[orders.charge, orders.ship])
+        handle = await course.start_workflow(orders.ProcessOrder.run, "A", show=False)
+        await replay.until(handle, "ActivityTaskScheduled")
+        await course.result(handle)
+        await course.stop_all()
+        with pytest.raises(runtime.CourseError, match="recorded no TimerStarted"):
+            await replay.until(handle, "TimerStarted", timeout=2)
+
+    asyncio.run(scenario())

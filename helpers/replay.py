@@ -125,12 +125,12 @@ class NotesTable:
         colors = {"live": "#1a7f37", "replaying": "#8250df", "activity": "#9a6700"}
         body = "".join(
             f'<tr style="{"border-top:1px solid #bbb" if task else ""}"><td>{html.escape(task)}</td>'
-            f'<td style="color:{colors.get(how, "inherit")}">{html.escape(how)}</td>'
+            f'<td style="color:{colors.get(how, "inherit")};padding:1px 10px">{html.escape(how)}</td>'
             f"<td>{html.escape(text)}</td></tr>"
             for task, how, text in self.rows()
         )
         return (
-            '<table style="text-align:left;font-family:monospace;font-size:12px">'
+            '<table style="text-align:left;font-family:monospace;font-size:12px;border-collapse:collapse">'
             "<thead><tr><th>task</th><th>ran</th><th>line</th></tr></thead>"
             f"<tbody>{body}</tbody></table>"
         )
@@ -362,17 +362,25 @@ class ReplayMatrix:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        head = "".join(f"<th>{html.escape(v)}</th>" for v in self.versions)
+        head = "".join(f'<th style="text-align:center;padding:2px 8px">{html.escape(v)}</th>' for v in self.versions)
+
+        def cell(h: str, v: str) -> str:
+            out = self.outcomes[h, v]
+            if out.ok:
+                return '<td style="text-align:center;background:#e6f4ea">✓ replays</td>'
+            n = self.reasons.index(out.reason) + 1
+            return f'<td style="text-align:center;background:#fde2e1">✗ fails ({n})</td>'
+
         body = "".join(
-            f"<tr><th>{html.escape(h)}</th>"
-            + "".join(f'<td style="text-align:center">{self._mark(h, v)}</td>' for v in self.versions)
+            f'<tr><th style="text-align:left">{html.escape(h)}</th>'
+            + "".join(cell(h, v) for v in self.versions)
             + "</tr>"
             for h in self.histories
         )
         notes = "".join(f"<li>{html.escape(text)}</li>" for text in self.reasons)
         return (
-            '<table style="font-family:monospace;font-size:12px">'
-            f"<thead><tr><th>history recorded by ↓ / replayed on code →</th>{head}</tr></thead>"
+            '<table style="font-family:monospace;font-size:12px;border-collapse:collapse">'
+            f'<thead><tr><th style="text-align:left">history recorded by ↓ / replayed on code →</th>{head}</tr></thead>'
             f"<tbody>{body}</tbody></table>" + (f'<ol style="font-size:12px">{notes}</ol>' if notes else "")
         )
 

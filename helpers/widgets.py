@@ -98,7 +98,10 @@ class ClassificationQuiz:
             )
             button.observe(lambda change, key=key: self._clicked(key, change["new"]), names="value")
             self._buttons[key] = button
-            label = w.HTML(f"<code>{html.escape(key)}</code> · {html.escape(text)}", layout=w.Layout(flex="1 1 auto"))
+            label = w.HTML(
+                f'<div style="line-height:1.35"><code>{html.escape(key)}</code> · {html.escape(text)}</div>',
+                layout=w.Layout(flex="1 1 auto"),
+            )
             rows.append(w.HBox([button, label], layout=w.Layout(align_items="center")))
         self._code = w.HTML()
         self._refresh()

@@ -65,9 +65,10 @@ server-stop: $(STAMP) ## Stop the dev server the course started (never another o
 server-status: $(STAMP) ## Say whether a Temporal server answers and who started it
 	@$(PY) -m helpers.server status
 
-grade: $(STAMP) ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers
-	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n]"; exit 2; }
-	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS)
+grade: $(STAMP) ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers [LEARNER=name] [NB=NN]
+	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n] [LEARNER=name] [NB=NN]"; exit 2; }
+	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS) \
+	  $(if $(LEARNER),--learner "$(LEARNER)") $(foreach n,$(NB),--notebook $(n))
 
 lock: ## Re-resolve requirements-lock.txt in a scratch venv (after changing requirements.txt)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q -r requirements.txt

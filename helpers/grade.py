@@ -430,6 +430,20 @@ def kill_tree(proc: subprocess.Popen[bytes], token: str) -> None:
         proc.wait(timeout=10)
 
 
+_ACTIVE: dict[int, tuple[subprocess.Popen[bytes], str]] = {}
+_ACTIVE_LOCK = threading.Lock()
+_STOPPING = threading.Event()
+
+
+def kill_all_running() -> None:
+    """Stop every nbval run still going, and start no new one (Ctrl-C of the grader)."""
+    _STOPPING.set()
+    with _ACTIVE_LOCK:
+        running = list(_ACTIVE.values())
+    for proc, token in running:
+        kill_tree(proc, token)
+
+
 def run_nbval(
     nb: Mapping[str, Any], workdir: Path, lib: Path, settings: Settings, deadline: float, base_env: Mapping[str, str]
 ) -> RunResult:
@@ -480,12 +494,16 @@ def run_nbval(
             cmd, cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )  # fmt: skip
+        with _ACTIVE_LOCK:
+            _ACTIVE[proc.pid] = (proc, token)
         try:
             proc.wait(timeout=max(1.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             killed = True
         finally:
             kill_tree(proc, token)  # also reaps what a finished run left behind
+            with _ACTIVE_LOCK:
+                _ACTIVE.pop(proc.pid, None)
     records: dict[str, dict[str, Any]] = {}
     order: list[str] = []
     finished = False
@@ -518,8 +536,8 @@ def _culprit(run: RunResult) -> str | None:
     """The cell that timed out or took the kernel down (the rest of that run is not trustworthy)."""
     for cell_id in run.order:
         rec = run.records[cell_id]
-        if rec.get("skipped"):
-            continue
+        if rec.get("skipped") or rec.get("when") != "call":
+            continue  # a kernel that never started is an error of the whole notebook, not of one cell
         if rec.get("timed_out") or not rec.get("kernel_alive", True):
             return cell_id
     return None
@@ -654,7 +672,7 @@ def grade_notebook(
         run: RunResult | None = None
         result.notes += graded_copy(submission, ref).notes
         logs = []
-        while True:
+        while not _STOPPING.is_set():
             graded = graded_copy(submission, ref, skip)
             run = run_nbval(graded.notebook, workdir, lib, settings, deadline, base_env)
             result.runs += 1
@@ -673,6 +691,8 @@ def grade_notebook(
                 tainted = set(run.order[run.order.index(culprit) + 1 :])
                 result.notes.append("no time or re-runs left: cells after it were not graded")
                 break
+        if run is None:
+            raise RuntimeError("grading was stopped")
         if run.killed:
             result.notes.append(f"the notebook hit its {settings.notebook_timeout:g} s budget and was stopped")
         if not run.records and not run.killed:
@@ -798,7 +818,7 @@ def grade(
 ) -> Gradebook:
     """Grade every learner folder in ``submissions`` into ``out`` (see the module docstring)."""
     settings = settings or Settings()
-    jobs = max(1, jobs or os.cpu_count() or 1)
+    jobs = max(1, jobs or cores())
     submissions = submissions.resolve()
     out = out.resolve()
     if not submissions.is_dir():
@@ -834,26 +854,35 @@ def grade(
     results: list[NotebookResult] = []
 
     def work(person: Path, ref: Reference) -> NotebookResult:
-        path, note = find_submission(person, ref)
+        try:
+            path, note = find_submission(person, ref)
+        except OSError as err:
+            return NotebookResult(person.name, ref.name, _rows(person.name, ref, "error", f"unreadable folder: {err}"))
         with watch.running_as(f"{person.name}/{ref.name}") as watch_notes:
             res = grade_notebook(person.name, ref, path, settings, tmp_root, base_env, note)
         res.notes += watch_notes
         return res
 
+    _STOPPING.clear()
+    pool = ThreadPoolExecutor(max_workers=jobs)
     try:
-        with ThreadPoolExecutor(max_workers=jobs) as pool:
-            futures = [pool.submit(work, person, ref) for person, ref in tasks]
-            for n, fut in enumerate(as_completed(futures), 1):
-                res = fut.result()
-                results.append(res)
-                got = sum(r.points for r in res.rows)
-                most = sum(r.max_points for r in res.rows)
-                tally = Counter(r.status for r in res.rows)
-                say(
-                    f"[{n}/{len(tasks)}] {res.learner} {res.notebook}: {got}/{most} "
-                    f"({', '.join(f'{v} {k}' for k, v in sorted(tally.items()))}) {res.seconds:.1f} s"
-                )
+        futures = [pool.submit(work, person, ref) for person, ref in tasks]
+        for n, fut in enumerate(as_completed(futures), 1):
+            res = fut.result()
+            results.append(res)
+            got = sum(r.points for r in res.rows)
+            most = sum(r.max_points for r in res.rows)
+            tally = Counter(r.status for r in res.rows)
+            say(
+                f"[{n}/{len(tasks)}] {res.learner} {res.notebook}: {got}/{most} "
+                f"({', '.join(f'{v} {k}' for k, v in sorted(tally.items()))}) {res.seconds:.1f} s"
+            )
+    except BaseException:  # Ctrl-C: drop the queue, stop what runs, write nothing
+        pool.shutdown(wait=False, cancel_futures=True)
+        kill_all_running()
+        raise
     finally:
+        pool.shutdown(wait=True)
         if not settings.keep_temp:
             shutil.rmtree(tmp_root, ignore_errors=True)
     elapsed = round(time.monotonic() - t0, 1)
@@ -880,6 +909,13 @@ def grade(
     write_gradebook(out, book, logs={(res.learner, res.notebook): res.log for res in results if res.log})
     say(f"Graded in {elapsed:.1f} s. Gradebook: {out / 'report.html'}")
     return book
+
+
+def cores() -> int:
+    """CPUs this process may use (what ``nproc`` says), the default number of jobs."""
+    with contextlib.suppress(AttributeError, OSError):
+        return len(os.sched_getaffinity(0)) or 1
+    return os.cpu_count() or 1
 
 
 def _profile_file() -> Path | None:
@@ -1123,6 +1159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except server.ServerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("interrupted: the running notebooks were stopped; no gradebook written", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -1127,6 +1127,10 @@ def report_html(book: Gradebook) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m helpers.grade",
@@ -1144,6 +1148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--keep-temp", action="store_true", help="keep the graded copies (for debugging the grader)")
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the running notebooks too, like Ctrl-C
     settings = Settings(
         cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout, keep_temp=args.keep_temp
     )

@@ -1077,7 +1077,7 @@ body{font-family:system-ui,sans-serif;margin:2em auto;max-width:70em;padding:0 1
 table{border-collapse:collapse;margin:.5em 0 1.5em}td,th{border:1px solid #ccc;padding:.3em .6em;text-align:left;
 vertical-align:top}th{background:#f3f3f3}.passed{background:#e7f6e7}.failed{background:#fde8e8}
 .not_done{background:#fff7e0}.timeout,.error{background:#f6e0f6}.missing{background:#eee;color:#666}
-.note{color:#7a4b00}td.num{text-align:right}h3{margin-top:2em}
+.note{color:#7a4b00}td.num{text-align:right}td.verdict{white-space:nowrap}h3{margin-top:2em}
 """
 
 
@@ -1116,7 +1116,7 @@ def report_html(book: Gradebook) -> str:
         for r in (r for r in book.rows if r.learner == learner):
             out.append(
                 f"<tr class='{r.status}'><td>{e(r.notebook)}</td><td>{e(r.exercise)}</td>"
-                f"<td>{SYMBOLS[r.status]} {r.status}</td><td class='num'>{r.points}/{r.max_points}</td>"
+                f"<td class='verdict'>{SYMBOLS[r.status]} {r.status}</td><td class='num'>{r.points}/{r.max_points}</td>"
                 f"<td>{e(r.message)}</td></tr>"
             )
         out.append("</table>")

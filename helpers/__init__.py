@@ -1,8 +1,10 @@
 """Helpers for the hands-on Temporal course.
 
-One module per concept: ``server`` (find/start/stop the dev server), ``runtime`` (client, workers and runs
-inside a notebook kernel), ``history`` and ``plots`` (what a run did), ``checks`` (exercise verdicts),
-``build`` (learner notebooks from solutions) and ``grade`` (the instructor's gradebook).
+One module per concept: ``server`` (find/start/stop the dev server), ``runtime`` (client, in-kernel workers and
+bounded runs), ``worker`` (workers, scripts and throwaway servers in their own processes, for crash demos),
+``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the outside world), ``replay``
+(replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts), ``build`` (learner notebooks
+from solutions), ``grade`` and ``nbval_results`` (the instructor's gradebook).
 """
 
 __all__ = ["__version__"]

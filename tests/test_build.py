@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
@@ -122,3 +124,12 @@ def test_solutions_are_stored_normalized():
         assert all(c.get("id") for c in nb.cells)
         counts = [c.execution_count for c in nb.cells if c.cell_type == "code"]
         assert all(isinstance(n, int) for n in counts), f"{path.name}: unexecuted cells have no nbval reference"
+
+
+def test_links_between_notebooks_resolve():
+    link = re.compile(r"\]\(([^)#\s]+\.ipynb)\)")
+    for folder in (build.SOLUTIONS, build.NOTEBOOKS):
+        for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+            for cell in nbformat.read(path, as_version=4).cells:
+                for target in link.findall(cell.source if cell.cell_type == "markdown" else ""):
+                    assert (folder / target).exists(), f"{path.name} cell {cell.id} links to missing {target}"

@@ -83,26 +83,22 @@ def test_remote_address_is_never_started(private_data):
         server.ensure(where)
 
 
+def cli(command: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``python -m helpers.server COMMAND`` as `make server-*` runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "helpers.server", command],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
 def test_cli_status_exit_codes(private_data):
-    env = {**os.environ}
-    ok = subprocess.run(
-        [sys.executable, "-m", "helpers.server", "status"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    ok = cli("status")
     assert ok.returncode == 0 and "answering" in ok.stdout
-    env["TEMPORAL_ADDRESS"] = f"localhost:{server.free_port()}"
-    down = subprocess.run(
-        [sys.executable, "-m", "helpers.server", "status"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    down = cli("status", TEMPORAL_ADDRESS=f"localhost:{server.free_port()}")
     assert down.returncode == 3 and "No Temporal server answers" in down.stdout
 
 
@@ -122,25 +118,14 @@ def test_environment_config_is_read(monkeypatch):
 
 def test_cli_start_then_stop_leaves_nothing_running(private_data):
     port = server.free_port()
-    env = {**os.environ, "TEMPORAL_ADDRESS": f"localhost:{port}", "TEMPORAL_UI_PORT": str(server.free_port())}
-
-    def cli(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "helpers.server", command],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-
-    started = cli("start")
+    env = {"TEMPORAL_ADDRESS": f"localhost:{port}", "TEMPORAL_UI_PORT": str(server.free_port())}
+    started = cli("start", **env)
     assert started.returncode == 0, started.stderr
     assert "Started a Temporal dev server" in started.stdout and f"localhost:{port}" in started.stdout
     pid = server.managed().pid
-    reused = cli("start")
+    reused = cli("start", **env)
     assert "Started" not in reused.stdout and f"pid {pid}" in reused.stdout, "second start reuses the server"
-    stopped = cli("stop")
+    stopped = cli("stop", **env)
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
-    assert cli("status").returncode == 3
+    assert cli("status", **env).returncode == 3

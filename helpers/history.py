@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,13 @@ def details(event: HistoryEvent, names: dict[int, str]) -> str:
     return ""
 
 
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    """Rows as left-aligned columns two spaces apart (the plain-text view nbval compares)."""
+    cells = [tuple(header), *(tuple(r) for r in rows)]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(len(c))).rstrip() for c in cells)
+
+
 @dataclass(frozen=True)
 class Row:
     event_id: int
@@ -118,11 +126,7 @@ class HistoryTable:
         return [(str(r.event_id), r.event, r.details, f"+{r.seconds:.3f} s") for r in self.rows]
 
     def __repr__(self) -> str:
-        header = ("#", "event", "details", "time")
-        cells = [header, *self._cells()]
-        widths = [max(len(c[i]) for c in cells) for i in range(4)]
-        lines = ["  ".join(c[i].ljust(widths[i]) for i in range(4)).rstrip() for c in cells]
-        return "\n".join(lines)
+        return text_table(("#", "event", "details", "time"), self._cells())
 
     def _repr_html_(self) -> str:
         # JupyterLab right-aligns table cells by default; histories read better left-aligned.

@@ -117,9 +117,7 @@ class NotesTable:
         return len(self.items)
 
     def __repr__(self) -> str:
-        cells = [("task", "ran", "line"), *self.rows()]
-        widths = [max(len(c[i]) for c in cells) for i in range(3)]
-        return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(3)).rstrip() for c in cells)
+        return hist.text_table(("task", "ran", "line"), self.rows())
 
     def _repr_html_(self) -> str:
         colors = {"live": "#1a7f37", "replaying": "#8250df", "activity": "#9a6700"}
@@ -196,9 +194,7 @@ class RolesTable:
         return [(str(r.event_id), r.event, r.details, r.role) for r in self.rows]
 
     def __repr__(self) -> str:
-        cells = [("#", "event", "details", "on replay"), *self._cells()]
-        widths = [max(len(c[i]) for c in cells) for i in range(4)]
-        return "\n".join("  ".join(c[i].ljust(widths[i]) for i in range(4)).rstrip() for c in cells)
+        return hist.text_table(("#", "event", "details", "on replay"), self._cells())
 
     def _repr_html_(self) -> str:
         style = {"command": "background:#fff4d6", "input": "background:#e6f4ea", "": "color:#888"}
@@ -354,12 +350,11 @@ class ReplayMatrix:
         return "✅" if out.ok else f"❌ {self.reasons.index(out.reason) + 1}"
 
     def __repr__(self) -> str:
-        cells = [("history from \\ code", *self.versions)]
-        cells += [(h, *(self._mark(h, v) for v in self.versions)) for h in self.histories]
-        widths = [max(len(c[i]) for c in cells) for i in range(len(cells[0]))]
-        lines = ["  ".join(c[i].ljust(widths[i]) for i in range(len(c))).rstrip() for c in cells]
-        lines += [f"{i}. {text}" for i, text in enumerate(self.reasons, 1)]
-        return "\n".join(lines)
+        table = hist.text_table(
+            ("history from \\ code", *self.versions),
+            [(h, *(self._mark(h, v) for v in self.versions)) for h in self.histories],
+        )
+        return "\n".join([table, *(f"{i}. {text}" for i, text in enumerate(self.reasons, 1))])
 
     def _repr_html_(self) -> str:
         head = "".join(f'<th style="text-align:center;padding:2px 8px">{html.escape(v)}</th>' for v in self.versions)

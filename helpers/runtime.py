@@ -18,7 +18,9 @@ import contextlib
 import html
 import importlib
 import importlib.util
+import inspect
 import itertools
+import linecache
 import logging
 import os
 import re
@@ -26,6 +28,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -62,6 +65,16 @@ class WorkflowTaskFailed(CourseError):
 
     def __init__(self, message: str, *, failure: str, workflow_id: str) -> None:
         super().__init__(message)
+        self.failure = failure
+        self.workflow_id = workflow_id
+
+
+class ActivityKeepsFailing(CourseError):
+    """An activity failed again and again; Temporal would retry it forever."""
+
+    def __init__(self, message: str, *, activity: str, failure: str, workflow_id: str) -> None:
+        super().__init__(message)
+        self.activity = activity
         self.failure = failure
         self.workflow_id = workflow_id
 
@@ -190,6 +203,7 @@ class Course:
     ) -> WorkflowHandle[Any, Any]:
         """Start a workflow (``run`` = ``MyWorkflow.run`` or a type name) and show its UI link."""
         wf_name = _workflow_name(run)
+        _check_startable(run, wf_name, args)
         workflow_id = id or self.new_id(id_prefix or _slug(wf_name))
         # A kernel restart orphans the runs its workers were serving; the server closes them after this
         # bound instead of keeping them "Running" forever (it matters on a workshop's shared server).
@@ -206,9 +220,15 @@ class Course:
             self.show_link(handle, wf_name)
         return handle
 
-    async def result(self, handle: WorkflowHandle[Any, Any], timeout: float = RESULT_TIMEOUT_S) -> Any:
+    async def result(
+        self,
+        handle: WorkflowHandle[Any, Any],
+        timeout: float = RESULT_TIMEOUT_S,
+        *,
+        activity_retries: int | None = None,
+    ) -> Any:
         """Wait for a workflow's result, at most ``timeout`` s; fail fast if its code keeps failing."""
-        return await wait_result(self.client, handle, timeout)
+        return await wait_result(self.client, handle, timeout, activity_retries=activity_retries)
 
     async def run(self, run: Any, *args: Any, timeout: float = RESULT_TIMEOUT_S, **options: Any) -> Any:
         """Start a workflow, show its UI link, and return its result (bounded by ``timeout``)."""
@@ -252,42 +272,89 @@ class Course:
 # --------------------------------------------------------------------------- bounded waiting
 
 
-async def wait_result(client: Client, handle: WorkflowHandle[Any, Any], timeout: float) -> Any:
-    """``handle.result()`` bounded by ``timeout``, failing fast on a broken workflow task."""
+async def wait_result(
+    client: Client, handle: WorkflowHandle[Any, Any], timeout: float, *, activity_retries: int | None = None
+) -> Any:
+    """``handle.result()`` bounded by ``timeout``, failing fast on a broken workflow task.
+
+    With ``activity_retries=n``, an activity that has failed ``n`` times also ends the wait (checks use this:
+    Temporal retries a failing activity forever, and the learner wants the reason, not a timeout).
+    """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     result_task = asyncio.ensure_future(handle.result())
-    watch_task = asyncio.ensure_future(_first_fatal_task_failure(handle))
+    watchers = {asyncio.ensure_future(_first_fatal_task_failure(handle))}
+    if activity_retries is not None:
+        watchers.add(asyncio.ensure_future(_first_failing_activity(handle, activity_retries)))
     try:
-        done, _ = await asyncio.wait({result_task, watch_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        failure = watch_task.result() if watch_task in done and watch_task.exception() is None else None
-        if failure is not None and not result_task.done():
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(handle.terminate(reason=f"course: workflow task failed: {failure}"), 5)
-            raise WorkflowTaskFailed(
-                f"Workflow {handle.id} cannot make progress: its code raised {failure}\n"
-                f"Temporal retries a failing workflow task forever, so the course terminated this run. "
-                f"Fix the code, re-run its cell, restart the worker and try again.",
-                failure=failure,
-                workflow_id=handle.id,
-            )
-        if not result_task.done() and (remaining := deadline - loop.time()) > 0:
-            await asyncio.wait({result_task}, timeout=remaining)
+        pending = {result_task, *watchers}
+        while not result_task.done() and (remaining := deadline - loop.time()) > 0:
+            done, pending = await asyncio.wait(pending, timeout=remaining, return_when=asyncio.FIRST_COMPLETED)
+            for watcher in done & watchers:
+                error = None if watcher.exception() else watcher.result()
+                if error is not None and not result_task.done():
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(handle.terminate(reason=f"course: {error.failure}"), 5)
+                    raise error
+            if not pending - watchers:
+                break
         if result_task.done():
             return result_task.result()
         raise WorkflowStuck(await _stuck_message(client, handle, timeout))
     finally:
-        for task in (result_task, watch_task):
+        for task in (result_task, *watchers):
             task.cancel()
 
 
-async def _first_fatal_task_failure(handle: WorkflowHandle[Any, Any]) -> str | None:
-    """Follow the history; return ``Type: message`` of the first fatal workflow task failure, or None."""
+async def _first_fatal_task_failure(handle: WorkflowHandle[Any, Any]) -> WorkflowTaskFailed | None:
+    """Follow the history; the first fatal workflow task failure as an error to raise, or None."""
     async for event in handle.fetch_history_events(wait_new_event=True):
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
             attrs = event.workflow_task_failed_event_attributes
             if attrs.cause in FATAL_TASK_CAUSES:
-                return _failure_text(attrs.failure)
+                failure = _failure_text(attrs.failure)
+                hint = hint_for(failure)
+                return WorkflowTaskFailed(
+                    f"Workflow {handle.id} cannot make progress: its code raised {failure}\n"
+                    + (f"Hint: {hint}\n" if hint else "")
+                    + "Temporal retries a failing workflow task forever, so the course terminated this run. "
+                    "Fix the code, re-run its cell, restart the worker and try again.",
+                    failure=failure,
+                    workflow_id=handle.id,
+                )
+    return None
+
+
+async def _first_failing_activity(handle: WorkflowHandle[Any, Any], attempts: int) -> ActivityKeepsFailing:
+    """Poll the run's pending activities until one has failed ``attempts`` times."""
+    while True:
+        await asyncio.sleep(0.3)
+        with contextlib.suppress(Exception):
+            desc = await asyncio.wait_for(handle.describe(), 3)
+            for act in desc.raw_description.pending_activities:
+                if act.attempt > attempts and act.HasField("last_failure") and act.last_failure.message:
+                    failure = _failure_text(act.last_failure)
+                    hint = hint_for(failure)
+                    return ActivityKeepsFailing(
+                        f"Activity {act.activity_type.name} of workflow {handle.id} keeps failing: {failure}"
+                        + (f"\nHint: {hint}" if hint else ""),
+                        activity=act.activity_type.name,
+                        failure=failure,
+                        workflow_id=handle.id,
+                    )
+
+
+def hint_for(failure: str) -> str | None:
+    """A hint for failure texts learners meet often."""
+    if "coroutine" in failure:
+        return "did you forget `await` (e.g. before workflow.execute_activity(...))?"
+    if "TMPRL1101" in failure:
+        return (
+            "your workflow ran for over 2 s without awaiting anything: an endless loop, or a blocking call "
+            "(time.sleep, I/O)? Use `await workflow.sleep(...)`, and put blocking work in an activity."
+        )
+    if "is not registered on this worker" in failure:
+        return "start the worker with every workflow and activity it must run (course.start_worker(...))."
     return None
 
 
@@ -304,7 +371,11 @@ _FRAME = re.compile(r'File "([^"]+)", line (\d+), in (\S+)')
 
 def _user_frame(stack: str) -> str | None:
     """The innermost stack frame outside temporalio / the stdlib, as ``file.py line N``."""
-    frames = [m for m in _FRAME.finditer(stack or "") if "temporalio" not in m[1] and "/lib/python" not in m[1]]
+    frames = [
+        m
+        for m in _FRAME.finditer(stack or "")
+        if "temporalio" not in m[1] and "/lib/python" not in m[1] and not m[1].startswith("<")  # <string>, <frozen …>
+    ]
     if not frames:
         return None
     last = frames[-1]
@@ -396,6 +467,7 @@ def write_module(scratch: Path, name: str, source: str) -> Any:
     # A rewrite within the same second can keep the size and mtime: drop bytecode so the new code is used.
     shutil.rmtree(scratch / "__pycache__", ignore_errors=True)
     importlib.invalidate_caches()
+    linecache.checkcache(str(path))  # tracebacks and warnings quote the new source, not the old
     sys.modules.pop(name, None)
     try:
         return importlib.import_module(name)
@@ -439,6 +511,9 @@ def quiet_sdk_logs() -> None:
     (tracebacks on stderr) would bury that. ``TEMPORAL_COURSE_VERBOSE=1`` keeps them."""
     if not os.environ.get("TEMPORAL_COURSE_VERBOSE"):
         logging.getLogger("temporalio").setLevel(logging.CRITICAL)
+        # A forgotten `await` in workflow code is reported with a hint; Python's own warning would land on
+        # stderr under whichever cell happens to run when the coroutine is garbage-collected.
+        warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
 
 
 async def connect(where: server.Target, timeout: float = 10.0) -> Client:
@@ -490,6 +565,23 @@ def current() -> Course:
     return _current
 
 
+def _check_startable(run: Any, name: str, args: Sequence[Any]) -> None:
+    """Catch the two common slips before the server does (it would answer with a long SDK traceback or a
+    workflow task that fails after the start)."""
+    if getattr(run, "__temporal_activity_definition", None) is not None:
+        raise CourseError(
+            f"{name} is an activity, not a workflow: start the workflow (e.g. course.run(MyWorkflow.run, ...)); "
+            "workflows call activities with workflow.execute_activity(...)."
+        )
+    if callable(run) and not isinstance(run, str):
+        try:
+            inspect.signature(run).bind(None, *args)
+        except TypeError as err:
+            raise CourseError(f"{name}.run cannot take these arguments: {err}.") from None
+        except ValueError:
+            pass  # no signature to check
+
+
 def _workflow_name(run: Any) -> str:
     if isinstance(run, str):
         return run
@@ -505,6 +597,7 @@ def _slug(name: str) -> str:
 
 
 __all__ = [
+    "ActivityKeepsFailing",
     "Course",
     "CourseError",
     "RunningWorker",

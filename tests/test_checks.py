@@ -98,6 +98,10 @@ SOLVED = f"        return [{CALL} for n in names]"
 STUB = """        raise NotImplementedError('Exercise 00.1: call compose_greeting for each name')"""
 NO_ACTIVITIES = """        return [f"Hello, {n}!" for n in names]"""
 WRONG_ORDER = f"        return [{CALL} for n in reversed(names)]"
+WHOLE_LIST = f"        return {CALL.replace(', n,', ', names,')}"
+NO_AWAIT = f"        return [{CALL.removeprefix('await ')} for n in names]"
+ENDLESS = "        while True:\n            pass"
+JOINED = f"        return ' '.join([{CALL} for n in names])"
 
 
 @pytest.mark.parametrize(
@@ -107,6 +111,10 @@ WRONG_ORDER = f"        return [{CALL} for n in reversed(names)]"
         (STUB, "not_done", "call compose_greeting for each name"),
         (NO_ACTIVITIES, "failed", "0 activity call(s)"),
         (WRONG_ORDER, "failed", "expected ['Hello, Ada!'"),
+        (WHOLE_LIST, "failed", "activity compose_greeting raised"),
+        (NO_AWAIT, "failed", "did you forget `await`"),
+        (ENDLESS, "failed", "without awaiting anything: an endless loop"),
+        (JOINED, "failed", "your workflow returned 'Hello, Ada! Hello, Grace! Hello, Linus!'"),
     ],
 )
 def test_nb00_greet_team(body, status, hint, make_course, scratch, capsys):
@@ -128,6 +136,7 @@ def test_nb00_greet_team(body, status, hint, make_course, scratch, capsys):
         (2, "ActivityTaskCompleted", "passed", "2 workflow tasks"),
         (..., ..., "not_done", "WORKFLOW_TASKS"),
         (3, "ActivityTaskCompleted", "failed", "WORKFLOW_TASKS = 3 is not it"),
+        ("2", "ActivityTaskCompleted", "failed", "is text; write the number itself"),
         (2, "WorkflowExecutionCompleted", "failed", "RESULT_EVENT = 'WorkflowExecutionCompleted'"),
     ],
 )

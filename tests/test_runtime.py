@@ -115,3 +115,33 @@ def test_module_names_that_would_shadow_real_modules_are_refused(scratch, name):
     with pytest.raises(runtime.CourseError, match="already a Python module"):
         runtime.write_module(scratch, name, "x = 1\n")
     assert not (scratch / f"{name}.py").exists()
+
+
+def test_common_slips_starting_a_workflow_are_one_line_errors(scratch):
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "shout_mod3", HELLO)
+        with pytest.raises(runtime.CourseError, match="shout is an activity, not a workflow"):
+            await course.run(mod.shout, "x", show=False)
+        with pytest.raises(runtime.CourseError, match=r"Shout\.run cannot take these arguments"):
+            await course.run(mod.Shout.run, "x", "y", show=False)
+
+    asyncio.run(scenario())
+
+
+def test_an_activity_that_keeps_failing_can_end_the_wait(scratch):
+    failing = HELLO.replace("return text.upper()", "raise ValueError('no shouting today')")
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "shout_mod4", failing)
+        await course.start_worker(workflows=[mod.Shout], activities=[mod.shout])
+        started = time.monotonic()
+        with pytest.raises(runtime.ActivityKeepsFailing) as info:
+            await course.result(await course.start_workflow(mod.Shout.run, "x", show=False), 20, activity_retries=2)
+        assert time.monotonic() - started < 10
+        assert info.value.activity == "shout" and "ValueError: no shouting today" in info.value.failure
+        assert (await course.last.describe()).status.name == "TERMINATED"
+        await course.stop_all()
+
+    asyncio.run(scenario())

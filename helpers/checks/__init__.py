@@ -71,17 +71,23 @@ def verdict_for(ex_id: str, err: BaseException, timeout: float) -> Verdict:
         return Verdict(ex_id, "not_done", _not_done_text(str(err), ex_id))
     if isinstance(err, Wrong):
         return Verdict(ex_id, "failed", str(err))
-    if isinstance(err, runtime.WorkflowTaskFailed):
+    if isinstance(err, runtime.WorkflowTaskFailed | runtime.ActivityKeepsFailing):
         if err.failure.startswith("NotImplementedError"):
             text = err.failure.split(":", 1)[1].rsplit(" (", 1)[0]
             return Verdict(ex_id, "not_done", _not_done_text(text, ex_id))
-        return Verdict(ex_id, "failed", f"your workflow code raised {err.failure}. Fix it and re-run its cell.")
+        where = "your workflow code" if isinstance(err, runtime.WorkflowTaskFailed) else f"activity {err.activity}"
+        return Verdict(ex_id, "failed", _with_hint(f"{where} raised {err.failure}.", err.failure))
     if isinstance(err, runtime.WorkflowStuck):
         return Verdict(ex_id, "failed", "your workflow did not finish in time; is it waiting on something?")
     if isinstance(err, asyncio.TimeoutError | TimeoutError):
         return Verdict(ex_id, "failed", f"the check gave up after {timeout:g} s; does your code wait forever?")
     text = runtime.short_failure(err).splitlines()[-1].replace("caused by ", "").strip()
-    return Verdict(ex_id, "failed", f"running your code raised {text}")
+    return Verdict(ex_id, "failed", _with_hint(f"running your code raised {text}", text))
+
+
+def _with_hint(message: str, failure: str) -> str:
+    hint = runtime.hint_for(failure)
+    return f"{message} Hint: {hint}" if hint else message
 
 
 T = TypeVar("T")

@@ -14,10 +14,11 @@ NAMES = ["Ada", "Grace", "Linus"]
 async def check_greet_team(workflow_cls: type, compose_greeting: Any) -> str:
     course = runtime.current()
     async with worker_for([workflow_cls], [compose_greeting]) as queue:
+        # result_type=Any: compare what the workflow really returned, not its conversion to list[str].
         handle = await course.start_workflow(
-            workflow_cls.run, NAMES, task_queue=queue, id_prefix="check-00-1", show=False
+            workflow_cls.run, NAMES, task_queue=queue, id_prefix="check-00-1", show=False, result_type=Any
         )
-        result = await course.result(handle, 10)
+        result = await course.result(handle, 10, activity_retries=2)
     expected = [f"Hello, {n}!" for n in NAMES]
     if result != expected:
         raise Wrong(f"for {NAMES} your workflow returned {result!r}; expected {expected!r}.")
@@ -39,10 +40,12 @@ async def check_history_quiz(workflow_cls: type, compose_greeting: Any, workflow
         handle = await course.start_workflow(
             workflow_cls.run, "Ada", task_queue=queue, id_prefix="check-00-2", show=False
         )
-        await course.result(handle, 10)
+        await course.result(handle, 10, activity_retries=2)
     table = history.table(await handle.fetch_history())
     actual_tasks = table.counts()["WorkflowTaskCompleted"]
     holder = next(r.event for r in table.rows if r.event.startswith("Activity") and "Hello, Ada!" in r.details)
+    if isinstance(workflow_tasks, str):
+        raise Wrong(f"WORKFLOW_TASKS = {workflow_tasks!r} is text; write the number itself, without quotes.")
     if workflow_tasks != actual_tasks:
         raise Wrong(
             f"WORKFLOW_TASKS = {workflow_tasks!r} is not it. Count the WorkflowTaskCompleted rows: each is one "

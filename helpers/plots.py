@@ -20,9 +20,17 @@ COLORS = {
 }
 
 
+# The part of an activity's bar before its last attempt started, when there were earlier attempts.
+RETRIED_STYLE = {"facecolor": "white", "hatch": "////", "linewidth": 0.5}
+
+
 @dataclass(frozen=True)
 class Span:
-    """One bar: ``row`` label, ``kind`` (a COLORS key), waiting from ``queued`` to ``start``, running to ``end``."""
+    """One bar: ``row`` label, ``kind`` (a COLORS key), waiting from ``queued`` to ``start``, running to ``end``.
+
+    ``retried``: an activity whose last attempt was not its first. The history records only that attempt's start,
+    so ``queued`` to ``start`` covers the earlier attempts and the retry waits, not only time in the queue.
+    """
 
     row: str
     kind: str
@@ -30,6 +38,7 @@ class Span:
     start: float
     end: float
     label: str = ""
+    retried: bool = False
 
 
 def spans(history: WorkflowHistory) -> list[Span]:
@@ -77,7 +86,7 @@ def spans(history: WorkflowHistory) -> list[Span]:
             begin = t(started) if started else t(sched)
             kind = "activity" if et == E.EVENT_TYPE_ACTIVITY_TASK_COMPLETED else "failed"
             label = f"{attempts} attempts" if attempts > 1 else ""
-            out.append(Span(f"activity {name}", kind, t(sched), begin, t(e), label))
+            out.append(Span(f"activity {name}", kind, t(sched), begin, t(e), label, retried=attempts > 1))
         elif et in (E.EVENT_TYPE_TIMER_FIRED, E.EVENT_TYPE_TIMER_CANCELED):
             a = e.timer_fired_event_attributes if et == E.EVENT_TYPE_TIMER_FIRED else e.timer_canceled_event_attributes
             started = by_id.get(a.started_event_id)
@@ -101,7 +110,8 @@ def spans(history: WorkflowHistory) -> list[Span]:
 
 
 def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> Any:
-    """Draw bars as a Gantt chart: light = waiting in a queue, solid = running."""
+    """Draw bars as a Gantt chart: light = waiting in a queue, solid = running, hatched = earlier attempts and
+    retry waits of an activity that ran more than once."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -115,7 +125,9 @@ def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> A
     for s in bars:
         y = len(rows) - 1 - rows.index(s.row)
         color = COLORS.get(s.kind, "#999999")
-        if s.start > s.queued:
+        if s.start > s.queued and s.retried:
+            ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, **RETRIED_STYLE, edgecolor=color)
+        elif s.start > s.queued:
             ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, color=color, alpha=0.3)
         width = max(s.end - s.start, end * 0.004)  # instant events stay visible
         ax.barh(y, width, left=s.start, height=0.5, color=color, edgecolor="black", linewidth=0.3)
@@ -125,8 +137,11 @@ def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> A
     ax.set_xlabel("seconds since the workflow started")
     ax.set_xlim(0, end * 1.12)
     kinds = [k for k in COLORS if any(s.kind == k for s in bars)]
+    handles = [Patch(color=COLORS[k], label=k) for k in kinds]
+    if any(s.retried and s.start > s.queued for s in bars):
+        handles.append(Patch(**RETRIED_STYLE, edgecolor="#555555", label="earlier attempts /\nretry wait"))
     ax.legend(
-        handles=[Patch(color=COLORS[k], label=k) for k in kinds],
+        handles=handles,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=8,

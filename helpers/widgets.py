@@ -12,6 +12,16 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+QUIZ_CLASS = "course-quiz"
+# The chosen answer stands out: filled, white bold text (the default "pressed" look is a shade of grey).
+SELECTED_CSS = f"""<style>
+.{QUIZ_CLASS} .widget-toggle-button.mod-active {{
+    background-color: #1f6fb2; color: white; font-weight: bold; box-shadow: none;
+}}
+.{QUIZ_CLASS} .widget-toggle-button:not(.mod-active) {{ color: #555; }}
+.{QUIZ_CLASS} .widget-toggle-button i {{ margin: 0 0.35em; }}
+</style>"""
+
 
 class ClassificationQuiz:
     """One row of toggle buttons per item; below, the ``VARIABLE = {...}`` code for the choices made so far.
@@ -86,30 +96,39 @@ class ClassificationQuiz:
     def _build(self) -> Any:
         import ipywidgets as w
 
-        rows = []
+        rows = [w.HTML(SELECTED_CSS)]
         if self.title:
             rows.append(w.HTML(f"<b>{html.escape(self.title)}</b>"))
         for key, text in self.items.items():
             button = w.ToggleButtons(
                 options=self.choices,
                 value=self._answers[key],
-                style={"button_width": "110px"},
+                icons=self._icons(self._answers[key]),
+                style={"button_width": "128px"},
                 layout=w.Layout(flex="0 0 auto"),
             )
             button.observe(lambda change, key=key: self._clicked(key, change["new"]), names="value")
             self._buttons[key] = button
             label = w.HTML(
                 f'<div style="line-height:1.35"><code>{html.escape(key)}</code> · {html.escape(text)}</div>',
-                layout=w.Layout(flex="1 1 auto"),
+                layout=w.Layout(flex="1 1 auto", margin="0 0 0 8px"),
             )
             rows.append(w.HBox([button, label], layout=w.Layout(align_items="center")))
         self._code = w.HTML()
         self._refresh()
         rows.append(self._code)
-        return w.VBox(rows)
+        box = w.VBox(rows)
+        box.add_class(QUIZ_CLASS)
+        return box
+
+    def _icons(self, value: str | None) -> list[str]:
+        """A check mark on the chosen button (visible even where the quiz's CSS is not applied)."""
+        return ["check" if choice == value else "" for choice in self.choices]
 
     def _clicked(self, key: str, value: str | None) -> None:
         self._answers[key] = value
+        if (button := self._buttons.get(key)) is not None:
+            button.icons = self._icons(value)
         self._refresh()
 
     def _refresh(self) -> None:

@@ -6,7 +6,9 @@ what a learner actually gets.
 
 from __future__ import annotations
 
+import ast
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -106,6 +108,37 @@ def test_worker_process_killed_mid_step_resumes_from_the_last_completed_step(mak
         await worker.stop_all()
 
     asyncio.run(scenario())
+
+
+async def run_cell(cell_id: str, namespace: dict) -> None:
+    """Run a notebook cell's code (top-level ``await`` allowed) in ``namespace``, as the kernel would."""
+    code = compile(cell_source(cell_id), f"<cell {cell_id}>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+    result = eval(code, namespace)
+    if inspect.iscoroutine(result):
+        await result
+
+
+def test_the_worker_crash_cell_can_be_run_again(make_course, scratch, capsys):
+    """Re-running the cell that killed the worker starts a fresh worker process first (a common learner action)."""
+    shop = module_from_cell(scratch, "shop-module")
+    order_workflow = module_from_cell(scratch, "workflow-module")
+
+    async def scenario():
+        course = await make_course("01")
+        ns = {"course": course, "worker": worker, "shop": shop, "order_workflow": order_workflow}
+        await run_cell("worker-start", ns)
+        handles = []
+        for _ in range(2):
+            await run_cell("worker-crash", ns)
+            assert not ns["proc"].alive and ns["proc"].killed
+            handles.append(ns["handle"])
+        await run_cell("worker-restart", ns)
+        for handle in handles:  # the first crashed order finishes on the new worker too
+            assert await course.result(handle, 10) == [f"{s} ✓" for s in STEPS]
+        await worker.stop_all()
+
+    asyncio.run(scenario())
+    assert capsys.readouterr().out.count("killed (SIGKILL)") == 2
 
 
 def test_plain_script_killed_and_rerun_repeats_completed_steps(make_course, scratch):
@@ -285,6 +318,8 @@ def _solution_answers() -> dict:
         ("all-workflow", "failed", "4 of 10 need another look"),
         ("typo", "failed", "use 'workflow' or 'plain code'"),
         ([("checkout", "workflow")], "failed", "should be a dict"),
+        ("misspelled", "failed", "unknown scenario 'subscriptions' (did you mean 'subscription'?)"),
+        ("made-up", "failed", "unknown scenario 'blockchain'; use the keys the quiz shows."),
     ],
 )
 def test_nb01_classification(answers, status, hint, capsys):
@@ -295,6 +330,8 @@ def test_nb01_classification(answers, status, hint, capsys):
             "clickstream-wrong": {**solution, "clickstream": "workflow"},
             "all-workflow": dict.fromkeys(solution, "workflow"),
             "typo": {**solution, "checkout": "Workflow"},
+            "misspelled": {**{k: v for k, v in solution.items() if k != "subscription"}, "subscriptions": "workflow"},
+            "made-up": {**solution, "blockchain": "workflow"},
         }.get(answers, answers)
         if isinstance(answers, str)
         else answers
@@ -319,6 +356,29 @@ def _swap_order(source: str) -> str:
     return source.replace("        text = f", "        " + first + "        text = f")
 
 
+def _other_email(source: str) -> str:
+    """The email text changed: the task says to keep the script's steps."""
+    old = "text = f\"We refunded {amount:.2f} for order {order['id']}.\""
+    assert old in source
+    return source.replace(old, 'text = "Your refund is on its way"')
+
+
+def _one_activity(source: str) -> str:
+    """The whole script wrapped in one activity: durable, but one step, not three."""
+    body = source.split("    async def run(self, order: dict) -> str:\n")[0]
+    return (
+        body
+        + """    async def run(self, order: dict) -> str:
+        return await workflow.execute_activity(do_refund, order, start_to_close_timeout=STEP_TIMEOUT)
+
+
+@activity.defn
+async def do_refund(order: dict) -> str:
+    return await refund_script.refund(order)
+"""
+    )
+
+
 def _learner_activities_solved_workflow(scratch: Path):
     """The learner filled in the workflow but not the activities yet."""
     solution = cell_source("ex2-code")
@@ -331,10 +391,17 @@ def _learner_activities_solved_workflow(scratch: Path):
     ("variant", "status", "hint"),
     [
         ("solution", "passed", "3 activities in the script's order"),
-        ("stub", "not_done", "compute the amount here"),
+        ("stub", "not_done", "compute the amount in the workflow, then run the three activities"),
         ("activities-missing", "not_done", "make each outside-world step an activity"),
         ("direct-call", "failed", "cancel_shipment ran, but inside the workflow code"),
         ("wrong-order", "failed", "in this order"),
+        ("other-email", "failed", "email_customer got the text 'Your refund is on its way'; keep the script's steps"),
+        (
+            "one-activity",
+            "failed",
+            "your workflow calls an activity do_refund, but the check runs only cancel_shipment, refund_payment and "
+            "email_customer: call those three as activities",
+        ),
     ],
 )
 def test_nb01_refund_workflow(variant, status, hint, make_course, scratch, capsys):
@@ -343,7 +410,8 @@ def test_nb01_refund_workflow(variant, status, hint, make_course, scratch, capsy
         source = _learner_activities_solved_workflow(scratch)
         module = runtime.write_module(scratch, "refund_workflow", source)
     else:
-        edit = {"direct-call": _direct_call, "wrong-order": _swap_order}.get(variant)
+        edits = {"direct-call": _direct_call, "wrong-order": _swap_order, "other-email": _other_email}
+        edit = edits.get(variant) or {"one-activity": _one_activity}.get(variant)
         module = module_from_cell(scratch, "ex2-code", learner=variant == "stub", edit=edit)
 
     async def scenario():
@@ -354,7 +422,8 @@ def test_nb01_refund_workflow(variant, status, hint, make_course, scratch, capsy
 
     verdict = run_check(scenario, capsys)
     assert (verdict.exercise, verdict.status) == ("01.2", status), verdict
-    assert hint in verdict.message
+    assert hint in verdict.message, verdict.message
+    assert " here" not in verdict.message
 
 
 def _solution_timeouts() -> dict:
@@ -372,13 +441,22 @@ def _solution_timeouts() -> dict:
         ({"ship": timedelta(hours=1)}, "failed", "ship: 1 h is far longer"),
         ({"notify": 5}, "failed", "write it as a timedelta"),
         ({"notify": ...}, "not_done", "needs a timeout for 'notify'"),
+        ({"ship": timedelta(seconds=2)}, "failed", "ship: 2 s is not longer than its slowest healthy call (3 s)"),
+        (
+            {"reserve_stock": None, "reserve": timedelta(seconds=2)},  # None: the key is left out
+            "failed",
+            "unknown step 'reserve' (did you mean 'reserve_stock'?); the steps are: reserve_stock, charge, ship, "
+            "notify.",
+        ),
     ],
 )
 def test_nb01_timeouts(change, status, hint, capsys):
-    timeouts = ... if change is ... else {**_solution_timeouts(), **change}
+    timeouts = ... if change is ... else {k: v for k, v in {**_solution_timeouts(), **change}.items() if v is not None}
     verdict = run_check(lambda: nb01.check_timeouts(timeouts), capsys)
     assert (verdict.exercise, verdict.status) == ("01.3", status)
-    assert hint in verdict.message
+    assert hint in verdict.message, verdict.message
+    # charging twice is a risk of charge only
+    assert ("charging twice" in verdict.message) == (isinstance(change, dict) and "charge" in change)
 
 
 def test_learner_stubs_are_not_done(capsys):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import json
+import re
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -48,6 +50,11 @@ KEY: dict[str, tuple[str, str]] = {
 }
 
 
+def _did_you_mean(key: Any, known: Mapping[str, Any]) -> str:
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 @exercise("01.1")
 def check_classification(answers: Any) -> str:
     answers = require(
@@ -55,12 +62,13 @@ def check_classification(answers: Any) -> str:
     )
     if not isinstance(answers, Mapping):
         raise Wrong("ANSWERS should be a dict like {'checkout': 'workflow', ...}, one entry per scenario.")
+    if unknown := [k for k in answers if k not in SCENARIOS]:
+        raise Wrong(
+            f"unknown scenario {unknown[0]!r}{_did_you_mean(unknown[0], SCENARIOS)}; use the keys the quiz shows."
+        )
     missing = [k for k in SCENARIOS if answers.get(k, ...) is ...]
     if missing:
         raise NotDone(f"{len(missing)} scenario(s) still need an answer, e.g. {missing[0]!r}.")
-    unknown = sorted(set(answers) - set(SCENARIOS))
-    if unknown:
-        raise Wrong(f"{unknown[0]!r} is not one of the scenarios; use the keys the quiz shows.")
     bad = [k for k in SCENARIOS if answers[k] not in CHOICES]
     if bad:
         raise Wrong(f"the answer for {bad[0]!r} is {answers[bad[0]]!r}; use 'workflow' or 'plain code'.")
@@ -98,7 +106,11 @@ async def check_refund_workflow(module: Any) -> str:
     order = {"id": order_id, "email": "ada@example.com", "items": ITEMS}
     async with worker_for([wf], acts, purpose="refund") as queue:
         handle = await course.start_workflow(wf.run, order, id=order_id, task_queue=queue, show=False)
-        result = await _result_or_failing_activity(course, handle, 8.0)
+        try:
+            result = await _result_or_failing_activity(course, handle, 8.0)
+        except runtime.WorkflowTaskFailed as err:
+            _raise_if_unknown_activity(err.failure)
+            raise
     scheduled = await _scheduled_activities(handle)
     names = [name for name, _ in scheduled]
     ledger = getattr(getattr(module, "refund_script", None), "ledger", None)
@@ -115,6 +127,14 @@ async def check_refund_workflow(module: Any) -> str:
     amounts = [a for a in scheduled[1][1] if isinstance(a, int | float)]
     if not any(abs(a - REFUND_AMOUNT) < 0.005 for a in amounts):
         raise Wrong(f"refund_payment got {scheduled[1][1]}; for these items the amount to refund is {REFUND_AMOUNT}.")
+    email = f"We refunded {REFUND_AMOUNT:.2f} for order {order_id}."
+    if email not in scheduled[2][1]:
+        texts = [a for a in scheduled[2][1] if isinstance(a, str) and a != order_id]
+        got = f"the text {texts[0].replace(order_id, '<order id>')!r}" if texts else f"{scheduled[2][1]}"
+        raise Wrong(
+            f"email_customer got {got}; keep the script's steps as they are, including its email: "
+            f"f\"We refunded {{amount:.2f}} for order {{order['id']}}.\""
+        )
     if ledger is not None:
         twice = [s for s in REFUND_STEPS if ledger.counts(order_id)[(s, "done")] != 1]
         if twice:
@@ -122,7 +142,22 @@ async def check_refund_workflow(module: Any) -> str:
     expected = f"refunded {REFUND_AMOUNT:.2f}"
     if result != expected:
         raise Wrong(f"the workflow returned {result!r}; the script returns {expected!r}.")
-    return "3 activities in the script's order, the amount computed in the workflow, each step run once."
+    return (
+        "3 activities in the script's order, the amount computed in the workflow, the same email, each step run once."
+    )
+
+
+def _raise_if_unknown_activity(failure: str) -> None:
+    """An activity that is not one of the script's steps (e.g. the whole script in one activity)."""
+    if m := re.search(r"Activity function (\S+) .*?is not registered", failure):
+        raise Wrong(
+            f"your workflow calls an activity {m[1]}, but the check runs only {_and(REFUND_STEPS)}: call those "
+            "three as activities, one for each step of the script."
+        )
+
+
+def _and(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
 
 
 async def _result_or_failing_activity(course: runtime.Course, handle: Any, timeout: float) -> Any:
@@ -140,6 +175,7 @@ async def _result_or_failing_activity(course: runtime.Course, handle: Any, timeo
                 await handle.terminate(reason="course check: an activity keeps failing")
             if "NotImplementedError" in failure:
                 raise NotDone(failure.split("Exercise 01.2:", 1)[-1].strip())
+            _raise_if_unknown_activity(failure)
             raise Wrong(f"activity {failure}; Temporal would retry it forever.")
         return waiting.result()
     finally:
@@ -201,6 +237,11 @@ def check_timeouts(timeouts: Any) -> str:
     timeouts = require(timeouts, "fill in TIMEOUTS: a timedelta for each of the four steps.")
     if not isinstance(timeouts, Mapping):
         raise Wrong("TIMEOUTS should be a dict like {'charge': timedelta(seconds=...), ...}.")
+    if unknown := [k for k in timeouts if k not in SLOWEST_HEALTHY]:
+        raise Wrong(
+            f"unknown step {unknown[0]!r}{_did_you_mean(unknown[0], SLOWEST_HEALTHY)}; "
+            f"the steps are: {', '.join(SLOWEST_HEALTHY)}."
+        )
     missing = [s for s in SLOWEST_HEALTHY if timeouts.get(s, ...) is ...]
     if missing:
         raise NotDone(f"TIMEOUTS still needs a timeout for {missing[0]!r}.")
@@ -211,7 +252,8 @@ def check_timeouts(timeouts: Any) -> str:
         if value <= slowest:
             raise Wrong(
                 f"{step}: {_fmt(value)} is not longer than its slowest healthy call ({_fmt(slowest)}). Such calls "
-                f"would be cut off and run again; for charge that can mean charging twice."
+                "would be cut off and run again"
+                + ("; for charge that can mean charging twice." if step == "charge" else ".")
             )
         if value > slowest * MAX_FACTOR:
             raise Wrong(

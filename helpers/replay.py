@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -282,11 +283,24 @@ def reason(err: BaseException | None) -> str:
 
 @dataclass(frozen=True)
 class ReplayOutcome:
-    """Whether a history replayed on some code, and if not, why."""
+    """Whether a history replayed on some code, and if not, why.
+
+    ``result`` is what the code returned when replay reached the end of a completed run (``None`` otherwise),
+    as the JSON the default converter would store; ``recorded`` is the result in the history. Replay does not
+    compare the two: code whose values change on replay (``uuid.uuid4()`` with the sandbox switched off, say)
+    replays "fine", and only a different result gives it away.
+    """
 
     ok: bool
     reason: str = ""
     error: BaseException | None = None
+    result: Any = None
+    recorded: Any = None
+
+    @property
+    def same_result(self) -> bool:
+        """The code computed on replay the result the run recorded."""
+        return self.result == self.recorded
 
     @property
     def nondeterministic(self) -> bool:
@@ -320,12 +334,60 @@ async def replay(
     from helpers import server
 
     classes = [workflows] if isinstance(workflows, type) else list(workflows)
-    replayer = Replayer(workflows=classes, **{"runtime": server.sdk_runtime(), **replayer_options})
-    result = await asyncio.wait_for(
-        replayer.replay_workflow(_load(history, "replayed"), raise_on_replay_failure=False), timeout
-    )
+    history = _load(history, "replayed")
+    returned: list[Any] = []
+    interceptors = [*replayer_options.pop("interceptors", ()), _result_capture(returned)]
+    options = {"runtime": server.sdk_runtime(), **replayer_options}
+    replayer = Replayer(workflows=classes, interceptors=interceptors, **options)
+    result = await asyncio.wait_for(replayer.replay_workflow(history, raise_on_replay_failure=False), timeout)
     failure = result.replay_failure
-    return ReplayOutcome(failure is None, reason(failure), failure)
+    recorded = recorded_result(history)
+    replayed = _as_json(returned[-1]) if returned and recorded is not None else None
+    return ReplayOutcome(failure is None, reason(failure), failure, replayed, recorded)
+
+
+def recorded_result(history: WorkflowHistory) -> Any:
+    """The result a completed run recorded (decoded JSON), or None."""
+    for event in reversed(list(history.events)):
+        if event.event_type == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
+            payloads = event.workflow_execution_completed_event_attributes.result.payloads
+            return _decode(payloads[0].data) if payloads else None
+    return None
+
+
+def _decode(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data
+
+
+def _as_json(value: Any) -> Any:
+    """``value`` as the default data converter would store it, decoded again (so it compares with the history)."""
+    from temporalio.converter import DataConverter
+
+    try:
+        return _decode(DataConverter.default.payload_converter.to_payloads([value])[0].data)
+    except Exception:
+        return value
+
+
+def _result_capture(into: list[Any]) -> Any:
+    """A replayer interceptor that appends what the workflow's run method returns to ``into``. It runs inside the
+    sandbox, but the class and the list are handed in as objects, so the value lands outside."""
+    from temporalio.worker import Interceptor, WorkflowInboundInterceptor
+
+    class Inbound(WorkflowInboundInterceptor):
+        async def execute_workflow(self, input: Any) -> Any:
+            value = await super().execute_workflow(input)
+            into.append(value)
+            return value
+
+    class Capture(Interceptor):
+        def workflow_interceptor_class(self, input: Any) -> type[WorkflowInboundInterceptor]:
+            return Inbound
+
+    return Capture()
 
 
 class ReplayMatrix:

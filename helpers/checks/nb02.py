@@ -6,6 +6,7 @@ with the SDK's ``Replayer``.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import re
 import uuid
@@ -57,12 +58,64 @@ def _first_task_time(hist: Any) -> datetime:
     return started.event_time.ToDatetime().replace(tzinfo=timezone.utc)
 
 
+SUBJECTS = ["printer on fire", "forgot my password", "coffee machine empty"]
+# Every subject is opened this many times: a random pick then sends the tickets to more than one agent, and the
+# same subject to different agents, except with a vanishing chance (3 agents: once in 3^14 and 3^12 checks).
+TICKETS_PER_SUBJECT = 5
+DETERMINISTIC = {"ticket_id": "workflow.uuid4()", "agent": "workflow.random().choice(AGENTS)", "due": "workflow.now()"}
+
+
+async def _run_all(course: runtime.Course, cls: type, inputs: list[Any], *, queue: str, prefix: str) -> list[Any]:
+    """Run ``cls`` once per input, all at once; the first problem is raised once every run has ended."""
+    outcomes = await asyncio.gather(
+        *(_run(course, cls, i, queue=queue, prefix=prefix) for i in inputs), return_exceptions=True
+    )
+    if errors := [o for o in outcomes if isinstance(o, BaseException)]:
+        raise errors[0]
+    return outcomes
+
+
+def _source(obj: Any) -> str:
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return ""
+
+
+def _and(words: list[str]) -> str:
+    return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
+
+
+def _changed_on_replay(outcome: replay.ReplayOutcome, module: ModuleType) -> str:
+    """Why values that differ on replay are wrong, and what to use instead."""
+    ran, again = outcome.recorded, outcome.result
+    both = isinstance(ran, dict) and isinstance(again, dict)
+    fields = [k for k in DETERMINISTIC if both and ran.get(k) != again.get(k)] or ["result"]
+    what = _and(fields)
+    fixes = _and([DETERMINISTIC[f] for f in fields if f in DETERMINISTIC])
+    source = _source(module)
+    if "sandbox_unrestricted" in source:
+        why = (
+            "workflow.unsafe.sandbox_unrestricted() only switches the sandbox's checks off: the calls inside it "
+            "still give new values every time the code runs, and replay runs it again."
+        )
+    else:
+        why = "Something in the workflow gives a new value every time the code runs, and replay runs it again."
+    return (
+        f"replaying a finished run, your workflow computes a different {what} than the run recorded. A worker that "
+        f"rebuilds the ticket after a crash would carry on with values the history and the agent never saw. {why}"
+        + (f" Use {fixes}." if fixes else "")
+    )
+
+
 @exercise("02.1")
 async def check_deterministic_ticket(tickets: ModuleType) -> str:
     course = runtime.current()
     agents = list(tickets.AGENTS)
+    subjects = SUBJECTS * TICKETS_PER_SUBJECT
+    n = len(subjects)
     async with worker_for([tickets.OpenTicket], [tickets.notify_agent]) as queue:
-        runs = [await _run(course, tickets.OpenTicket, s, queue=queue, prefix="check-02-1") for s in SUBJECTS]
+        runs = await _run_all(course, tickets.OpenTicket, subjects, queue=queue, prefix="check-02-1")
     results = [r for _, r in runs]
     for result in results:
         if not isinstance(result, dict) or not {"ticket_id", "agent", "due"} <= set(result):
@@ -74,14 +127,36 @@ async def check_deterministic_ticket(tickets: ModuleType) -> str:
         except ValueError:
             raise Wrong(f"ticket_id {ticket_id!r} is not a UUID: use str(workflow.uuid4()).") from None
     if len(set(ids)) != len(ids):
+        same = max(set(ids), key=ids.count)
         raise Wrong(
-            f"{len(ids)} tickets all got the id {ids[0]!r}. workflow.uuid4() gives every run a different id "
+            f"{ids.count(same)} of {n} tickets got the id {same!r}. workflow.uuid4() gives every run a different id "
             "(and the same one again on replay); a fixed seed or a constant does not."
         )
     if bad := [r["agent"] for r in results if r["agent"] not in agents]:
         raise Wrong(f"agent {bad[0]!r} is not one of AGENTS: pick one with workflow.random().choice(AGENTS).")
-    for handle, result in runs:
-        hist = await handle.fetch_history()
+    histories = [await handle.fetch_history() for handle, _ in runs]
+    for hist in histories:
+        outcome = await replay.replay(tickets.OpenTicket, hist)
+        if not outcome.ok:
+            raise Wrong(f"a finished run does not replay on your code: {outcome.reason}")
+        if not outcome.same_result:
+            raise Wrong(_changed_on_replay(outcome, tickets))
+    chosen = [str(r["agent"]) for r in results]
+    if len(set(chosen)) == 1:
+        raise Wrong(
+            f"all {n} tickets went to {chosen[0]!r}; the agent should be picked at random: "
+            f"workflow.random().choice(AGENTS). (A random pick sends {n} tickets to one agent once in "
+            f"{len(agents) ** (n - 1):,} checks.)"
+        )
+    per_subject: dict[str, set[str]] = {}
+    for subject, agent in zip(subjects, chosen, strict=True):
+        per_subject.setdefault(subject, set()).add(agent)
+    if all(len(a) == 1 for a in per_subject.values()):
+        raise Wrong(
+            f"each subject, opened {TICKETS_PER_SUBJECT} times, always went to the same agent: the pick depends on "
+            "the subject, not on chance. Pick with workflow.random().choice(AGENTS)."
+        )
+    for (_, result), hist in zip(runs, histories, strict=True):
         due = datetime.fromisoformat(str(result["due"]))
         if due.tzinfo is None:
             due = due.replace(tzinfo=timezone.utc)
@@ -91,16 +166,11 @@ async def check_deterministic_ticket(tickets: ModuleType) -> str:
                 "due should be 4 hours after the workflow's own clock (workflow.now() + timedelta(hours=4)); "
                 f"it is {(due - expected + timedelta(hours=4)).total_seconds() / 3600:.2f} h after the run started."
             )
-        outcome = await replay.replay(tickets.OpenTicket, hist)
-        if not outcome.ok:
-            raise Wrong(f"a finished run does not replay on your code: {outcome.reason}")
     return (
-        f"{len(runs)} runs, {len(set(ids))} different ticket ids, due 4 h after workflow.now(), "
-        "and every history replays."
+        f"{n} tickets: {n} different ids, agents picked at random, due 4 h after workflow.now(), "
+        "and every run replays to the same values."
     )
 
-
-SUBJECTS = ["printer on fire", "forgot my password", "coffee machine empty"]
 
 # --------------------------------------------------------------------------- 02.2
 
@@ -109,6 +179,16 @@ def patch_ids(hist: Any) -> list[str]:
     """The ``workflow.patched`` ids recorded in a history (its patch markers)."""
     rows = history.table(hist).rows
     return [m[1] for r in rows if r.event == "MarkerRecorded" and (m := re.match(r"patch '([^']+)'", r.details))]
+
+
+def deprecated_patch_ids(hist: Any) -> list[str]:
+    """The ``workflow.deprecate_patch`` ids recorded in a history."""
+    rows = history.table(hist).rows
+    return [
+        m[1]
+        for r in rows
+        if r.event == "MarkerRecorded" and (m := re.match(r"patch '([^']+)' \(deprecated\)", r.details))
+    ]
 
 
 NEW_PATH = ["create_account", "verify_email", "send_welcome"]
@@ -135,11 +215,18 @@ async def check_patched_signup(signup: ModuleType, patched_cls: type) -> str:
         raise Wrong(f"a new run called {', '.join(calls)}; expected {', '.join(NEW_PATH)} in that order.")
     outcome = await replay.replay(patched_cls, old_history)
     if not outcome.ok:
-        hint = (
-            ' Guard the new step with `if workflow.patched("..."):` so runs recorded without it keep the old path.'
-            if outcome.nondeterministic
-            else ""
-        )
+        if deprecated_patch_ids(new_history) or "deprecate_patch" in _source(patched_cls):
+            hint = (
+                " workflow.deprecate_patch(...) is for the later cleanup, once no run recorded without the patch is "
+                "left: it does not keep old runs on the old path. For now guard the new step with "
+                '`if workflow.patched("..."):`.'
+            )
+        elif outcome.nondeterministic:
+            hint = (
+                ' Guard the new step with `if workflow.patched("..."):` so runs recorded without it keep the old path.'
+            )
+        else:
+            hint = ""
         raise Wrong(f"a run recorded by the old code no longer replays on yours: {outcome.reason}.{hint}")
     again = await replay.replay(patched_cls, new_history)
     if not again.ok:
@@ -235,6 +322,25 @@ async def _call(fn: Any, *args: Any) -> Any:
     return result
 
 
+def _raised(err: Exception, what: str, expected: bool) -> str:
+    """The verdict when ``replays_ok`` raised: the error once (type, then message), and a hint for the usual slips."""
+    name = type(err).__name__
+    text = replay.reason(err).removeprefix(f"{name}: ").removeprefix(name).strip(": ")
+    if "coroutine" in text:
+        hint = " Did you forget `await`?"
+    elif "cannot be called from a running event loop" in text:
+        hint = " Make replays_ok `async def` and `await` the replay instead of asyncio.run(...)."
+    elif not expected:
+        return (
+            f"replays_ok raised {name} for {what}; return False instead "
+            "(replay_workflow(..., raise_on_replay_failure=False), or catch the error)."
+        )
+    else:
+        hint = ""
+    shown = f"{name}: {text[:120]}" if text else name
+    return f"replays_ok raised {shown} for {what}.{hint}"
+
+
 @exercise("02.3")
 async def check_replays_ok(replays_ok: Any) -> str:
     course = runtime.current()
@@ -249,13 +355,7 @@ async def check_replays_ok(replays_ok: Any) -> str:
         except (NotImplementedError, NotDone):
             raise
         except Exception as err:
-            name = type(err).__name__
-            raise Wrong(
-                f"replays_ok raised {name} for {what}; return False instead "
-                "(replay_workflow(..., raise_on_replay_failure=False), or catch the error)."
-                if not expected
-                else f"replays_ok raised {name}: {replay.reason(err)[:120]} for {what}."
-            ) from None
+            raise Wrong(_raised(err, what, expected)) from None
         if not isinstance(said, bool):
             shown = repr(said) if len(repr(said)) <= 40 else f"a {type(said).__name__}"
             raise Wrong(f"replays_ok should return True or False; for {what} it returned {shown}.")
@@ -268,6 +368,7 @@ __all__ = [
     "check_deterministic_ticket",
     "check_patched_signup",
     "check_replays_ok",
+    "deprecated_patch_ids",
     "patch_ids",
     "sandbox_hint",
 ]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import difflib
 import json
 import re
@@ -107,8 +105,8 @@ async def check_refund_workflow(module: Any) -> str:
     async with worker_for([wf], acts, purpose="refund") as queue:
         handle = await course.start_workflow(wf.run, order, id=order_id, task_queue=queue, show=False)
         try:
-            result = await _result_or_failing_activity(course, handle, 8.0)
-        except runtime.WorkflowTaskFailed as err:
+            result = await course.result(handle, 8.0, activity_retries=1)
+        except (runtime.WorkflowTaskFailed, runtime.ActivityKeepsFailing) as err:
             _raise_if_unknown_activity(err.failure)
             raise
     scheduled = await _scheduled_activities(handle)
@@ -158,41 +156,6 @@ def _raise_if_unknown_activity(failure: str) -> None:
 
 def _and(words: list[str]) -> str:
     return ", ".join(words[:-1]) + " and " + words[-1] if len(words) > 1 else "".join(words)
-
-
-async def _result_or_failing_activity(course: runtime.Course, handle: Any, timeout: float) -> Any:
-    """The result, or a verdict as soon as an activity has failed twice (Temporal would retry it forever)."""
-    waiting = asyncio.ensure_future(course.result(handle, timeout))
-    try:
-        while not waiting.done():
-            await asyncio.wait({waiting}, timeout=0.5)
-            if waiting.done():
-                break
-            failure = await _activity_failure(handle)
-            if failure is None:
-                continue
-            with contextlib.suppress(Exception):
-                await handle.terminate(reason="course check: an activity keeps failing")
-            if "NotImplementedError" in failure:
-                raise NotDone(failure.split("Exercise 01.2:", 1)[-1].strip())
-            _raise_if_unknown_activity(failure)
-            raise Wrong(f"activity {failure}; Temporal would retry it forever.")
-        return waiting.result()
-    finally:
-        waiting.cancel()
-
-
-async def _activity_failure(handle: Any) -> str | None:
-    """``name: message`` of a pending activity that has failed at least once, else None."""
-    with contextlib.suppress(Exception):
-        desc = await asyncio.wait_for(handle.describe(), 3)
-        for act in desc.raw_description.pending_activities:
-            if act.attempt > 1 and act.HasField("last_failure") and act.last_failure.message:
-                failure = act.last_failure
-                kind = failure.application_failure_info.type if failure.HasField("application_failure_info") else ""
-                text = f"{kind}: {failure.message}" if kind else failure.message
-                return f"{act.activity_type.name} failed: {text}"
-    return None
 
 
 async def _scheduled_activities(handle: Any) -> list[tuple[str, list[Any]]]:

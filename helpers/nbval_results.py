@@ -1,14 +1,25 @@
-"""pytest plugin the grader loads into each nbval run: one JSON line per notebook cell, written as it happens.
+"""pytest plugin the grader loads into each nbval run: one signed JSON line per notebook cell, written as it happens.
 
 ``python -m helpers.grade`` runs ``pytest -p helpers.nbval_results --nbval …`` on a graded copy of a learner's
-notebook with ``COURSE_GRADE_RESULTS=<file>``. For every cell item it appends what the grader needs: the cell id
-(the grader gave every cell of the graded copy a unique id, so nbval's "Cell N" names do not matter), whether
-the cell passed nbval's comparison, the error text, whether the cell hit the timeout, and the text the cell
-printed (capped). Lines are flushed one by one, so a run killed half-way still leaves the cells it finished.
+notebook. For every cell item it appends what the grader needs: the cell id (the grader gave every cell of the
+graded copy a unique id, so nbval's "Cell N" names do not matter), whether the cell passed nbval's comparison, the
+error text, whether the cell hit the timeout, and the text the cell printed (capped). Lines are flushed one by one,
+so a run killed half-way still leaves the cells it finished.
+
+The learner's kernel is a child of this pytest process and could write to the same file, so the grader hands this
+process a per-run secret key and the file's path on **stdin** (one JSON line, read at import; never in the
+environment or the command line, which the kernel can read). Each line is ``<HMAC-SHA256 hex> <JSON>`` with a
+sequence number inside the JSON; the grader rejects the run when a line is unsigned, badly signed, out of sequence
+or repeats a cell. Afterwards fd 0 points at /dev/null and, on Linux, the process is made non-dumpable, so a kernel
+of the same (non-root) user cannot read the key from ``/proc/<pid>/mem`` either.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import hashlib
+import hmac
 import json
 import os
 import re
@@ -22,7 +33,41 @@ import pytest
 sys.modules.setdefault("rfc3987_syntax", None)  # type: ignore[arg-type]
 
 MAX_TEXT = int(os.environ.get("COURSE_GRADE_MAX_TEXT", "20000"))
+HANDSHAKE_VAR = "COURSE_GRADE_HANDSHAKE"  # "stdin": the grader writes {"key": hex, "results": path} there
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def sign(key: bytes, payload: bytes) -> str:
+    return hmac.new(key, payload, hashlib.sha256).hexdigest()
+
+
+def _read_handshake() -> tuple[bytes | None, str | None]:
+    """The key and results path from stdin (only when the grader says it wrote them there)."""
+    if os.environ.pop(HANDSHAKE_VAR, None) != "stdin":  # popped: the kernel started later does not see it
+        return None, None
+    data = b""
+    with contextlib.suppress(OSError):
+        while not data.endswith(b"\n") and len(data) < 4096:
+            chunk = os.read(0, 4096 - len(data))
+            if not chunk:
+                break
+            data += chunk
+    with contextlib.suppress(OSError):  # nothing left to find at /proc/<pid>/fd/0
+        devnull = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
+    try:
+        msg = json.loads(data)
+        return bytes.fromhex(msg["key"]), str(msg["results"])
+    except (ValueError, KeyError, TypeError):
+        return None, None
+
+
+_KEY, _RESULTS = _read_handshake()
+_SEQ = 0
 
 
 def _cap(text: str, limit: int = MAX_TEXT) -> str:
@@ -54,11 +99,13 @@ def _error(outputs: Any) -> str | None:
 
 
 def _write(record: dict[str, Any]) -> None:
-    path = os.environ.get("COURSE_GRADE_RESULTS")
-    if not path:
+    global _SEQ
+    if _KEY is None or not _RESULTS:
         return
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    payload = json.dumps({**record, "seq": _SEQ}, ensure_ascii=False, sort_keys=True).encode()
+    _SEQ += 1
+    with open(_RESULTS, "ab") as f:
+        f.write(sign(_KEY, payload).encode() + b" " + payload + b"\n")
         f.flush()
 
 

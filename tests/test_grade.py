@@ -7,18 +7,26 @@ import copy
 import csv
 import hashlib
 import json
+import os
+import random
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
-from helpers import build, grade
+from helpers import build, grade, nbval_results
 
 NB = "00_welcome"
 CELL_TIMEOUT = 4.0
+KEY = bytes(range(32))  # the run key in the module fixture, so that a test can look for it where it must not be
+SLEEP = f"4242.{random.randrange(10**6):06d}"
+LEARNERS = 16  # in the module fixture  # a detached `sleep` a notebook leaves behind, unique to this session
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -61,8 +69,75 @@ def _check_id(exercise: str) -> str:
     return next(e for e in REF.exercises if e.id == exercise).check["id"]
 
 
+def _code(cell_id: str, source: str) -> dict[str, Any]:
+    return {
+        "cell_type": "code",
+        "id": cell_id,
+        "metadata": {},
+        "execution_count": None,
+        "outputs": [],
+        "source": source,
+    }
+
+
+def _after(nb: dict[str, Any], cell_id: str, cell: dict[str, Any]) -> dict[str, Any]:
+    nb = copy.deepcopy(nb)
+    nb["cells"].insert(next(i for i, c in enumerate(nb["cells"]) if c.get("id") == cell_id) + 1, cell)
+    return nb
+
+
+def _sleeping() -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        if SLEEP in (p.info["cmdline"] or []):
+            found.append(p)
+    return found
+
+
+# Rewrites the course files the grader copies for the kernels (the real snapshot source of the test's grading:
+# Settings.source), so that every later check prints a pass and nbval masks every output; and leaves a `sleep`
+# running outside its process tree (own session, clean environment without the run's token, parent gone).
+ATTACK = """\
+import pathlib, subprocess
+repo = pathlib.Path({repo!r})
+init = repo / "helpers" / "checks" / "__init__.py"
+passed = 'print(Verdict(ex_id, "passed", "well done.").line())'
+init.write_text(init.read_text().replace("print(verdict.line())", passed))
+with open(repo / "tests" / "nbval.cfg", "a") as f:
+    f.write(r"regex: [\\s\\S]+" "\\nreplace: X\\n")
+subprocess.Popen(["sh", "-c", "sleep {sleep} &"], env={{"PATH": "/usr/bin:/bin"}}, start_new_session=True)
+"""
+
+# Looks for the run's key and results file where a kernel can read (environment, the pytest parent's environment,
+# command line and stdin), then forges passing records for both checks and replays a signed line.
+FORGE = """\
+import glob, json, os, pathlib
+ppid = os.getppid()
+saw = {{"env": dict(os.environ)}}
+for name in ("environ", "cmdline"):
+    try:
+        saw[name] = pathlib.Path(f"/proc/{{ppid}}/{{name}}").read_bytes().decode(errors="replace")
+    except OSError as err:
+        saw[name] = str(err)
+try:
+    fd = os.open(f"/proc/{{ppid}}/fd/0", os.O_RDONLY | os.O_NONBLOCK)
+    saw["stdin"] = os.read(fd, 4096).decode(errors="replace")
+    os.close(fd)
+except OSError as err:
+    saw["stdin"] = str(err)
+pathlib.Path({saw!r}).write_text(json.dumps(saw))
+for path in glob.glob("../results-*.jsonl"):
+    lines = pathlib.Path(path).read_bytes().splitlines()
+    with open(path, "ab") as f:
+        for cid in ("check-00-1", "check-00-2"):
+            rec = {{"cell_id": cid, "when": "call", "ok": True, "skipped": False, "stdout": "", "duration": 0}}
+            f.write(json.dumps(rec).encode() + b"\\n")
+        f.write(lines[-1] + b"\\n")
+"""
+
+
 def build_class(root: Path, fake_repo: Path) -> dict[str, Any]:
-    """learner -> notebook JSON (dict), raw bytes, or None (hands in nothing)."""
+    """learner -> notebook JSON (dict), raw bytes, None (hands in nothing), or (file name, content)."""
     half = copy.deepcopy(LEARNER)
     for ex in EXERCISES[: len(EXERCISES) // 2]:
         _solve(half, ex)
@@ -108,7 +183,13 @@ def build_class(root: Path, fake_repo: Path) -> dict[str, Any]:
     cells.insert(5, noisy | {"id": "intruder", "source": intruder})
     messy["cells"] = cells
 
+    attacker = _after(LEARNER, "setup", _code("attack", ATTACK.format(repo=str(fake_repo), sleep=SLEEP)))
+    forger = copy.deepcopy(LEARNER)
+    forger["cells"].append(_code("forge", FORGE.format(saw=str(root.parent / "forger-saw.json"))))
+
     return {
+        "aaa-attacker": attacker,
+        "forger": forger,
         "correct": SOLUTION,
         "untouched": LEARNER,
         "half": half,
@@ -140,7 +221,7 @@ def fingerprint(root: Path) -> dict[str, tuple[str, int]]:
     return {
         str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and not p.is_symlink()
     }
 
 
@@ -148,12 +229,25 @@ def fingerprint(root: Path) -> dict[str, tuple[str, int]]:
 def graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("grading")
     subs, out, fake_repo = base / "submissions", base / "out", base / "repo"
-    (fake_repo / "helpers" / "checks").mkdir(parents=True)
-    (fake_repo / "helpers" / "checks" / "nb00.py").write_text("# the real checks\n")
+    # A copy of the course the grader takes helpers/ and tests/nbval.cfg from (and watches), for notebooks to attack.
+    shutil.copytree(build.ROOT / "helpers", fake_repo / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    (fake_repo / "tests").mkdir()
+    shutil.copy2(build.ROOT / "tests" / "nbval.cfg", fake_repo / "tests" / "nbval.cfg")
     write_class(subs, build_class(subs, fake_repo))
+    # Not notebooks: a FIFO (reading it would block), a broken link, a learner folder linked from outside.
+    (subs / "fifo").mkdir()
+    os.mkfifo(subs / "fifo" / f"{NB}.ipynb")
+    (subs / "broken-link").mkdir()
+    (subs / "broken-link" / f"{NB}.ipynb").symlink_to(base / "nowhere.ipynb")
+    (base / "elsewhere").mkdir()
+    (subs / "linked").symlink_to(base / "elsewhere")
     before = fingerprint(subs)
-    settings = grade.Settings(cell_timeout=CELL_TIMEOUT, notebook_timeout=60, watch=(fake_repo,))
-    book = grade.grade(subs, out, jobs=2, only_notebooks=["00"], settings=settings, quiet=True)
+    settings = grade.Settings(
+        cell_timeout=CELL_TIMEOUT, notebook_timeout=60, source=fake_repo, watch=(fake_repo,), watch_environment=False
+    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(grade, "_new_key", lambda: KEY)
+        book = grade.grade(subs, out, jobs=2, only_notebooks=["00"], settings=settings, quiet=True)
     rows = {(r.learner, r.exercise): r for r in book.rows}
     return {
         "book": book,
@@ -162,6 +256,8 @@ def graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[str, An
         "out": out,
         "before": before,
         "fake_repo": fake_repo,
+        "base": base,
+        "sleeping": _sleeping(),
     }
 
 
@@ -194,6 +290,11 @@ def test_half_done_gets_half(graded):
 def test_edited_check_cells_cannot_fake_a_pass(graded):
     assert statuses(graded, "tampered") == {"00.1": "not_done", "00.2": "failed"}
     assert "WORKFLOW_TASKS = 3" in graded["rows"][("tampered", "00.2")].message  # the real check's hint
+    notes = graded["book"].notes["tampered/00_welcome"]
+    for ex in EXERCISES:  # the instructor learns that code in the check cell did not run
+        assert any(
+            f"check cell of {ex} was edited" in n and "edits to the check cell were discarded" in n for n in notes
+        )
 
 
 def test_corrupt_and_non_notebook_files_are_error_rows(graded):
@@ -239,6 +340,59 @@ def test_writes_to_the_course_repository_are_contained_and_reported(graded):
     assert "files in the course repository changed" in notes and "nb00.py" in notes
 
 
+def test_a_notebook_that_rewrites_the_course_files_changes_no_other_grade(graded):
+    repo = graded["fake_repo"]
+    attacker = (graded["book"].notes.get("aaa-attacker/00_welcome"), _log(graded, "aaa-attacker"))
+    assert "well done." in (repo / "helpers" / "checks" / "__init__.py").read_text(), attacker  # it happened…
+    assert "replace: X" in (repo / "tests" / "nbval.cfg").read_text()
+    # …but every kernel got the snapshot taken before the first notebook ran: stubs are still "not done".
+    assert statuses(graded, "aaa-attacker") == dict.fromkeys(EXERCISES, "not_done")
+    assert statuses(graded, "untouched") == dict.fromkeys(EXERCISES, "not_done")
+    assert statuses(graded, "half")["00.2"] == "not_done"
+    # Loud: a warning on top of the report, and a note on every notebook that ran during or after the change.
+    book = graded["book"]
+    assert any("__init__.py" in w and "nbval.cfg" in w for w in book.meta["warnings"])
+    assert "**Warning:**" in (graded["out"] / "report.md").read_text(encoding="utf-8")
+    assert "class='warn'" in (graded["out"] / "report.html").read_text(encoding="utf-8")
+    for key in book.meta["timings"]:  # every notebook that ran
+        assert any("changed" in n for n in book.notes[key]), key
+
+
+def test_a_notebook_cannot_forge_or_replay_its_results(graded):
+    for ex in EXERCISES:
+        row = graded["rows"][("forger", ex)]
+        assert (row.status, row.points) == ("error", 0)
+        assert row.message.startswith(grade.TAMPERED)
+    saw = json.loads((graded["base"] / "forger-saw.json").read_text())
+    assert saw["environ"] and saw["cmdline"]  # it could read its parent's environment and command line…
+    everything = json.dumps(saw)
+    assert KEY.hex() not in everything and "results-" not in everything  # …but neither the key nor the file name
+    assert grade.HANDSHAKE_VAR not in saw["env"] and "key" not in saw["stdin"]
+
+
+def test_processes_a_notebook_detaches_are_stopped(graded):
+    assert graded["sleeping"] == []
+    book = graded["book"]
+    said = " ".join([*book.meta["warnings"], *(n for notes in book.notes.values() for n in notes)])
+    assert f"sleep {SLEEP}" in said, (said, _log(graded, "aaa-attacker"))
+
+
+def _log(graded: dict[str, Any], learner: str) -> str:
+    path = graded["out"] / "logs" / grade.learner_slug(learner) / f"{NB}.txt"
+    return path.read_text()[:3000] if path.exists() else "(no log)"
+
+
+def test_fifos_broken_links_and_links_outside_the_submissions(graded):
+    for learner, words in (("fifo", "FIFO"), ("broken-link", "broken symbolic link")):
+        for ex in EXERCISES:
+            row = graded["rows"][(learner, ex)]
+            assert row.status == "error" and words in row.message, row
+    assert statuses(graded, "linked") == dict.fromkeys(EXERCISES, "missing")
+    assert any(
+        "symbolic link" in n and "outside the submissions" in n for n in graded["book"].notes["linked/00_welcome"]
+    )
+
+
 def test_submissions_are_byte_identical_after_grading(graded):
     assert fingerprint(graded["subs"]) == graded["before"]
 
@@ -248,7 +402,7 @@ def test_gradebook_files(graded):
     with open(out / "grades.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:7] == list(grade.FIELDS)
-    assert len(rows) == 11 * len(EXERCISES)
+    assert len(rows) == LEARNERS * len(EXERCISES)
     assert {r["status"] for r in rows} <= set(grade.STATUSES)
     with open(out / "summary.csv", newline="", encoding="utf-8") as f:
         summary = {r["learner"]: r for r in csv.DictReader(f)}
@@ -274,7 +428,7 @@ def test_regrading_one_learner_replaces_only_their_rows(graded, tmp_path):
     rows = {(r.learner, r.exercise): r.status for r in book.rows}
     assert {rows[("corrupt", ex)] for ex in EXERCISES} == {"not_done"}
     assert {rows[("correct", ex)] for ex in EXERCISES} == {"passed"}
-    assert len(book.rows) == 11 * len(EXERCISES)
+    assert len(book.rows) == LEARNERS * len(EXERCISES)
     with open(out / "grades.csv", newline="", encoding="utf-8") as f:
         assert sum(1 for r in csv.DictReader(f) if r["learner"] == "corrupt" and r["status"] == "not_done") == 2
 
@@ -335,3 +489,223 @@ def test_cli_usage_and_a_class_with_nothing_handed_in(tmp_path, dev_server):
     cmd = [sys.executable, "-m", "helpers.grade", str(tmp_path / "nope")]
     bad = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "not a folder" in bad.stderr
+
+
+# --------------------------------------------------------------------------- integrity, without running notebooks
+
+
+def _signed(key: bytes, records: list[dict[str, Any]]) -> list[bytes]:
+    lines = []
+    for n, rec in enumerate(records):
+        payload = json.dumps({**rec, "seq": n}, sort_keys=True).encode()
+        lines.append(nbval_results.sign(key, payload).encode() + b" " + payload)
+    return lines
+
+
+def test_read_records_accepts_the_plugins_lines_and_rejects_forged_ones(tmp_path):
+    key, path = bytes(32), tmp_path / "results.jsonl"
+    cell = {"cell_id": "work", "when": "call", "ok": True}
+    check = {"cell_id": "check-00-1", "when": "call", "ok": False}
+    good = _signed(key, [cell, check, {"finished": True}])
+    path.write_bytes(b"\n".join(good) + b"\n")
+    records, order, finished, tampered = grade.read_records(path, key)
+    assert (order, finished, tampered) == (["work", "check-00-1"], True, None)
+    assert records["work"]["ok"] is True
+    path.write_bytes(b"\n".join(good[:2]) + b"\n" + good[2][:20])  # a run killed in the middle of a line
+    assert grade.read_records(path, key)[2:] == (False, None)
+
+    forged = json.dumps({**check, "ok": True, "seq": 1}).encode()
+    cases = {
+        "not signed": [good[0], b"0" * 64 + b" " + forged],
+        "out of sequence": [good[0], good[0]],  # a signed line replayed
+        "two results": _signed(key, [cell, check, {**check, "ok": True}]),
+        "after the end": _signed(key, [cell, {"finished": True}, check]),
+    }
+    cases["not signed "] = _signed(bytes(range(32)), [cell, {**check, "ok": True}])  # another run's key
+    for words, lines in cases.items():
+        path.write_bytes(b"\n".join(lines) + b"\n")
+        tampered = grade.read_records(path, key)[3]
+        assert tampered and words.strip() in tampered, (words, tampered)
+
+
+def test_kernel_environment_has_no_secret_and_no_results_path(tmp_path):
+    env = grade.kernel_env({"COURSE_GRADE_RESULTS": "/x", "PATH": "/bin"}, tmp_path / "home", tmp_path / "lib", "t")
+    assert "COURSE_GRADE_RESULTS" not in env and env[grade.HANDSHAKE_VAR] == "stdin"
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONPATH"] == str(tmp_path / "lib")
+
+
+def test_course_files_are_a_snapshot_and_edits_to_a_copy_are_seen(tmp_path):
+    src = tmp_path / "course"
+    (src / "helpers" / "checks").mkdir(parents=True)
+    (src / "tests").mkdir()
+    (src / "helpers" / "__init__.py").write_text("X = 1\n")
+    (src / "helpers" / "checks" / "__init__.py").write_text("Y = 1\n")
+    (src / "tests" / "nbval.cfg").write_text("regex: a\nreplace: b\n")
+    course = grade.CourseFiles(src)
+    (src / "helpers" / "__init__.py").write_text("X = 2\n")  # changed after the snapshot: not copied
+    lib = tmp_path / "lib"
+    written = course.write(lib)
+    assert (lib / "helpers" / "__init__.py").read_text() == "X = 1\n"
+    assert (lib / "nbval.cfg").read_text() == "regex: a\nreplace: b\n"
+    assert any(rel.endswith(".pyc") for rel in written)  # kernels need not write byte-code
+    assert course.changes(lib, written) == []
+    time.sleep(0.05)
+    target = lib / "helpers" / "checks" / "__init__.py"
+    st = target.stat()
+    target.write_text("Y = 2\n")  # same size, and the modification time put back
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    evil = lib / "helpers" / "__pycache__" / "evil.cpython-311.pyc"
+    evil.write_bytes(b"x")
+    (lib / "helpers" / "notes.txt").write_text("harmless")
+    assert course.changes(lib, written) == ["helpers/__pycache__/evil.cpython-311.pyc", "helpers/checks/__init__.py"]
+
+
+def test_repo_watch_notices_an_edit_that_restores_size_and_mtime(tmp_path):
+    target = tmp_path / "checks.py"
+    target.write_text("ok = 1\n")
+    st = target.stat()
+    alarms: list[str] = []
+    watch = grade.RepoWatch([tmp_path], on_alarm=alarms.append)
+    time.sleep(0.05)
+    with watch.running_as("ada/00") as during, watch.running_as("bob/00") as beside:
+        target.write_text("ok = 2\n")
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    with watch.running_as("cy/00") as later:
+        pass
+    assert "checks.py" in during[0] and "checks.py" in beside[0]  # both ran while it changed
+    assert "graded after" in later[0] and len(alarms) == 1 and "ada/00" in alarms[0]
+
+
+@pytest.mark.parametrize(
+    ("source", "label"),
+    [
+        ("import types\n_ok = chr(0x2705)\nnb00 = types.SimpleNamespace(check_greet_team=print)\n", "rebinds nb00"),
+        ("import types\n_ok = chr(0x2705)\n", "verdict symbols"),
+        ("s = '\\u2705 00.1 passed: ok'", "verdict symbols"),
+        ("s = b'\\xe2\\x9c\\x85'.decode()", "verdict symbols"),
+        ("import unicodedata\ns = unicodedata.lookup('WHITE HEAVY CHECK MARK')", "verdict symbols"),
+        ("import sys, io\nsys.stdout = io.StringIO()", "assigns to sys.stdout"),
+        ("def print(*args):\n    pass", "rebinds print"),
+        ("exec(open('x.py').read())", "exec"),
+        ("%%module nb00\nasync def check_greet_team(*a):\n    pass", "%%module nb00"),
+        ("get_ipython().events.register('post_run_cell', print)", "IPython internals (.events)"),
+        ("globals()['nb00'] = None", "globals"),
+        ("g = globals()\ng['nb00'] = None", "globals"),
+        ("from helpers.checks import nb00 as nb01\nnb00 = nb01", "rebinds nb00"),
+        ("nb00.check_greet_team = print", "assigns to nb00.check_greet_team"),
+        ("setattr(nb00, 'check_greet_team', print)", "setattr() on nb00"),
+        ("import builtins\nbuiltins.print = len", "assigns to builtins.print"),
+        ("runtime.current = None", "assigns to runtime.current"),
+        ("%run evil.py", "%run"),
+        ("%%bash\necho hi", "cell magic %%bash"),
+        ("for nb00 in range(3):\n    pass", "rebinds nb00"),
+        ("import sys\nsys.modules['helpers.checks.nb00'] = None", "sys.modules"),
+        ("x = 1\nobj?\nnb00.check = 1", "assigns to a check module"),  # not Python: the text rules
+    ],
+)
+def test_review_flags_learner_code_that_could_fool_the_checks(source, label):
+    assert label in grade.review_flags(source, REF.protected, REF.modules)
+
+
+def test_review_flags_stay_quiet_on_the_courses_own_code():
+    refs = {r.name: r for r in grade.load_references()}
+    for folder in (build.SOLUTIONS, build.NOTEBOOKS):
+        for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
+            ref = refs[path.stem]
+            for cell in _load(path)["cells"]:
+                if cell["cell_type"] == "code" and grade.check_exercise(cell) is None:
+                    src = "".join(cell["source"])
+                    assert grade.review_flags(src, ref.protected, ref.modules) == [], (path.name, cell.get("id"))
+    ordinary = (
+        "names = ['Ada']\nfor n in names:\n    print(n, globals().get('X'))\nawait course.run(team.GreetTeam.run)"
+    )
+    assert grade.review_flags(ordinary, REF.protected, REF.modules) == []
+
+
+def test_graded_copy_notes_the_stealthy_rebinding(tmp_path):
+    sneaky = "import types\n_ok = chr(0x2705)\nnb00 = types.SimpleNamespace()\n"
+    nb = _after(LEARNER, "setup", _code("sneaky", sneaky))
+    notes = " | ".join(grade.graded_copy(nb, REF).notes)
+    assert "review cell 'sneaky'" in notes and "rebinds nb00" in notes and "verdict symbols" in notes
+
+
+def test_report_files_keep_learners_apart_and_are_safe_to_open(tmp_path):
+    def row(learner: str, message: str) -> grade.Row:
+        return grade.Row(learner, NB, "00.1", 0, 1, "failed", message)
+
+    book = grade.Gradebook(
+        rows=[row("a b", '=HYPERLINK("http://x")'), row("a_b", "x | y"), row("Ada", "-1"), row("ada", "ok")],
+        notes={"a b/00_welcome": ["a | note"]},
+        notebooks=[(NB, 1)],
+        meta={"graded_at": "now", "cell_timeout": 60, "warnings": ["careful | now"]},
+    )
+    grade.write_gradebook(tmp_path, book, logs={(r.learner, NB): r.learner for r in book.rows})
+    assert sorted(p.read_text() for p in (tmp_path / "logs").rglob("*.txt")) == ["Ada", "a b", "a_b", "ada"]
+    assert len({p.parent.name.lower() for p in (tmp_path / "logs").rglob("*.txt")}) == 4  # even on a case-blind disk
+    page = (tmp_path / "report.html").read_text(encoding="utf-8")
+    anchors = re.findall(r"<h3 id='([^']+)'", page)
+    assert len(set(anchors)) == 4 and sorted(re.findall(r"href='#([^']+)'", page)) == sorted(anchors)
+    md = (tmp_path / "report.md").read_text(encoding="utf-8")
+    assert "| x \\| y |" in md and "careful \\| now" in md
+    line = next(line for line in md.splitlines() if "x \\| y" in line)
+    assert len(re.findall(r"(?<!\\)\|", line)) == 6  # still five columns
+    with open(tmp_path / "grades.csv", newline="", encoding="utf-8") as f:
+        messages = {r["learner"]: r["message"] for r in csv.DictReader(f)}
+    assert messages["a b"].startswith("'=") and messages["Ada"] == "'-1" and messages["ada"] == "ok"
+
+
+# --------------------------------------------------------------------------- the command line, failing early
+
+
+def test_out_must_be_a_writable_folder_and_is_checked_before_grading(tmp_path, capsys):
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    (tmp_path / "out").write_text("a file")
+    started = time.monotonic()
+    code = grade.main([str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and "is a file" in err and err.count("\n") == 1, err
+    assert time.monotonic() - started < 5  # before the server, the snapshot or any notebook
+
+
+def test_a_regrade_refuses_to_merge_into_an_unreadable_gradebook(tmp_path, capsys):
+    (tmp_path / "subs" / "ada").mkdir(parents=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "grades.csv").write_text("everyone's grades\n")
+    for content in ("{not json", None):
+        if content is None:
+            (out / "gradebook.json").unlink()
+        else:
+            (out / "gradebook.json").write_text(content)
+        code = grade.main([str(tmp_path / "subs"), "--out", str(out), "--learner", "ada", "--notebook", "00"])
+        err = capsys.readouterr().err
+        assert code == 2 and "gradebook.json" in err and "would be lost" in err, err
+        assert (out / "grades.csv").read_text() == "everyone's grades\n"
+
+
+KILL_GRADER = """\
+import os, signal, subprocess
+subprocess.Popen(["sh", "-c", "sleep {sleep} &"], env={{"PATH": "/usr/bin:/bin"}}, start_new_session=True)
+grader = int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1])  # pytest's parent
+os.kill(grader, signal.SIGTERM)
+"""
+
+
+def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_path, dev_server):
+    subs, out, sleep = tmp_path / "subs", tmp_path / "out", SLEEP + "1"
+    killer = _after(SOLUTION, "setup", _code("kill", KILL_GRADER.format(sleep=sleep)))
+    write_class(subs, {"a-first": SOLUTION, "b-killer": killer, "c-later": SOLUTION})
+    cmd = [sys.executable, "-m", "helpers.grade", str(subs), "--out", str(out), "--jobs", "1", "--notebook", "00"]
+    done = subprocess.run(cmd, cwd=build.ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr and "gradebook was written with 2 notebook(s) not graded" in done.stderr
+    with open(out / "grades.csv", newline="", encoding="utf-8") as f:
+        rows = {(r["learner"], r["status"], r["message"]) for r in csv.DictReader(f)}
+    assert {(learner, status) for learner, status, _ in rows} == {
+        ("a-first", "passed"),
+        ("b-killer", "error"),
+        ("c-later", "error"),
+    }
+    assert all(msg == grade.INTERRUPTED for learner, _, msg in rows if learner != "a-first")
+    assert "Grading was interrupted" in (out / "report.md").read_text(encoding="utf-8")
+    assert not [p for p in psutil.process_iter(["cmdline"]) if sleep in (p.info["cmdline"] or [])]

@@ -1905,7 +1905,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GradingInterrupted as err:
         print(
             f"interrupted: the running notebooks were stopped; the gradebook was written with {err.unfinished} "
-            f"notebook(s) not graded (status error, '{INTERRUPTED}'): {args.out.resolve() / 'report.html'}",
+            f"notebook(s) not graded ('{INTERRUPTED}', or their earlier grades in a regrade): "
+            f"{args.out.resolve() / 'report.html'}",
             file=sys.stderr,
         )
         return 130

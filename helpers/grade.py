@@ -1760,11 +1760,19 @@ def _exercise_stats(book: Gradebook) -> list[tuple[str, str, Counter[str]]]:
     return [(nb, ex, c) for (nb, ex), c in sorted(stats.items(), key=lambda kv: (kv[0][0], _ex_key(kv[0][1])))]
 
 
-def report_markdown(book: Gradebook) -> str:
-    names = [n for n, _ in book.notebooks]
+def _overview(book: Gradebook) -> tuple[list[str], dict[str, int], dict[str, dict[str, tuple[int, int]]], int]:
+    """What both reports lay out: notebook names, their max points, per-learner totals, the course max."""
     maxes = dict(book.notebooks)
-    per = totals(book)
-    total_max = sum(maxes.values())
+    return [n for n, _ in book.notebooks], maxes, totals(book), sum(maxes.values())
+
+
+def _notes_of(book: Gradebook, learner: str) -> list[tuple[str, str]]:
+    """(notebook, note) pairs for one learner; notes are keyed ``learner/notebook``."""
+    return [(k.split("/", 1)[1], n) for k, v in book.notes.items() if k.split("/", 1)[0] == learner for n in v]
+
+
+def report_markdown(book: Gradebook) -> str:
+    names, maxes, per, total_max = _overview(book)
     lines = [
         "# Gradebook",
         "",
@@ -1790,7 +1798,7 @@ def report_markdown(book: Gradebook) -> str:
     for learner, nbs in per.items():
         got = sum(p for p, _ in nbs.values())
         lines += [f"### {_md(learner)}: {got}/{total_max}", ""]
-        notes = [(k.split("/", 1)[1], n) for k, v in book.notes.items() if k.split("/", 1)[0] == learner for n in v]
+        notes = _notes_of(book, learner)
         for nb, note in notes:
             lines.append(f"- note ({nb}): {_md(note)}")
         if notes:
@@ -1815,10 +1823,7 @@ vertical-align:top}th{background:#f3f3f3}.passed{background:#e7f6e7}.failed{back
 
 def report_html(book: Gradebook) -> str:
     e = html.escape
-    names = [n for n, _ in book.notebooks]
-    maxes = dict(book.notebooks)
-    per = totals(book)
-    total_max = sum(maxes.values())
+    names, maxes, per, total_max = _overview(book)
     out = [
         "<!doctype html><html><head><meta charset='utf-8'><title>Gradebook</title>",
         f"<style>{_CSS}</style></head><body><h1>Gradebook</h1>",
@@ -1844,7 +1849,7 @@ def report_html(book: Gradebook) -> str:
     for learner, nbs in per.items():
         got = sum(p for p, _ in nbs.values())
         out.append(f"<h3 id='{e(learner_slug(learner))}'>{e(learner)}: {got}/{total_max}</h3>")
-        notes = [(k.split("/", 1)[1], n) for k, v in book.notes.items() if k.split("/", 1)[0] == learner for n in v]
+        notes = _notes_of(book, learner)
         if notes:
             out.append("<ul>" + "".join(f"<li class='note'>{e(nb)}: {e(n)}</li>" for nb, n in notes) + "</ul>")
         out.append("<table><tr><th>notebook</th><th>exercise</th><th>verdict</th><th>points</th><th>hint</th></tr>")

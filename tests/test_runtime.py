@@ -145,3 +145,33 @@ def test_an_activity_that_keeps_failing_can_end_the_wait(scratch):
         await course.stop_all()
 
     asyncio.run(scenario())
+
+
+SLEEPER = """
+from datetime import timedelta
+from temporalio import workflow
+
+@workflow.defn
+class Sleeper:
+    @workflow.run
+    async def run(self, n: int) -> float:
+        start = workflow.time()
+        for _ in range(n):
+            await workflow.sleep(0.2)
+        return workflow.time() - start
+"""
+
+
+def test_course_servers_fire_short_timers_on_time(scratch):
+    """A default dev server rounds every timer up to ~1 s; the course's server settings must not (03's backoff plot
+    and 05's continue-as-new chain rely on it). Five 0.2 s sleeps: ~1 s here, ~5 s on a default server."""
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "sleeper_mod", SLEEPER)
+        await course.start_worker(workflows=[mod.Sleeper])
+        elapsed = await course.run(mod.Sleeper.run, 5, show=False)
+        await course.stop_all()
+        return elapsed
+
+    assert asyncio.run(scenario()) < 3.0

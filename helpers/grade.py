@@ -1121,6 +1121,8 @@ def exercise_row(
     if rec.get("when") == "setup":
         return row("error", f"the notebook could not be run: {rec.get('error') or 'kernel did not start'}")
     if verdict is not None:
+        if verdict.status == "unavailable":  # the server did not answer: the grader's problem, not the learner's
+            return row("error", f"not graded: {verdict.message}")
         if verdict.status != "passed":
             return row(verdict.status, verdict.message)
         extra = [ln for ln in stdout.splitlines() if ln.strip() and checks.parse(ln) is None]

@@ -29,6 +29,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHistory
 
 from helpers import history as hist
+from helpers.errors import CourseError
 
 REPLAY_TIMEOUT_S = 10.0
 
@@ -249,7 +250,6 @@ def commands_per_task(history: WorkflowHistory) -> list[list[str]]:
 
 async def until(handle: Any, event: str, timeout: float = 5.0) -> None:
     """Wait (at most ``timeout`` s) until the run of ``handle`` has recorded an ``event``, e.g. ``"TimerStarted"``."""
-    from helpers.runtime import CourseError
 
     async def watch() -> bool:
         async for e in handle.fetch_history_events(wait_new_event=True):

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers import server
+from helpers.errors import CourseError
 
 if TYPE_CHECKING:
     from helpers.runtime import Course
@@ -131,7 +132,7 @@ class WorkerProcess(ChildProcess):
 
 
 _children: dict[str, ChildProcess] = {}
-_servers: dict[Path, server.DevServer] = {}
+_servers: dict[Path | str, server.DevServer] = {}
 
 
 def _spawn(course: Course, args: list[str], log_name: str, env: dict[str, str] | None = None) -> tuple[Any, Path]:
@@ -170,38 +171,45 @@ async def start_process(
     task_queue: str | None = None,
     target: server.Target | None = None,
     timeout: float = READY_TIMEOUT_S,
+    max_concurrent_activities: int | None = None,
+    replace: bool = True,
 ) -> WorkerProcess:
     """Start a worker in a separate OS process and wait (bounded) until it polls.
 
     ``workflows`` / ``activities`` are ``"module:attr"`` names of ``%%module`` cells; ``target`` defaults to the
-    course's server. A worker process already running on the same task queue is stopped first.
+    course's server. A worker process already running on the same task queue is stopped first, unless
+    ``replace=False``: then it is one more worker on that queue (several processes share the queue's tasks).
+    ``max_concurrent_activities`` caps the activities the worker runs at a time (SDK default: 100).
     """
     queue = task_queue or course.task_queue
     names = [*workflows, *activities]
     if not names:
-        raise _course_error("start_process needs at least one workflow or activity, as 'module:name'.")
+        raise CourseError("start_process needs at least one workflow or activity, as 'module:name'.")
     for name in names:
         if name.count(":") != 1:
-            raise _course_error(f"{name!r}: name workflows and activities as 'module:attr', e.g. 'orders:charge'.")
-    if (old := _children.pop(queue, None)) is not None:
+            raise CourseError(f"{name!r}: name workflows and activities as 'module:attr', e.g. 'orders:charge'.")
+    key = queue if replace else f"{queue}#{next(_counter)}"
+    if replace and (old := _children.pop(queue, None)) is not None:
         await old.stop()
     ready = course.scratch / f"ready-{os.getpid()}-{next(_counter)}"
     args = ["worker", "--task-queue", queue, "--ready", str(ready)]
     args += [a for w in workflows for a in ("--workflow", w)] + [a for a in activities for a in ("--activity", a)]
+    if max_concurrent_activities is not None:
+        args += ["--max-concurrent-activities", str(max_concurrent_activities)]
     proc, log_path = _spawn(course, args, "worker", _target_env(target or course.target))
     child = WorkerProcess(
         "worker process", proc, log_path, task_queue=queue, names=tuple(n.split(":")[1] for n in names)
     )
-    _children[queue] = child
+    _children[key] = child
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while not ready.exists():
         if not child.alive:
-            _children.pop(queue, None)
-            raise _course_error(f"The worker process exited at start. Its log says:\n{child.log_tail()}")
+            _children.pop(key, None)
+            raise CourseError(f"The worker process exited at start. Its log says:\n{child.log_tail()}")
         if loop.time() >= deadline:
             child.kill()
-            raise _course_error(f"The worker process was not ready within {timeout:g} s. Log:\n{child.log_tail()}")
+            raise CourseError(f"The worker process was not ready within {timeout:g} s. Log:\n{child.log_tail()}")
         await asyncio.sleep(0.05)
     ready.unlink(missing_ok=True)
     return child
@@ -210,7 +218,7 @@ async def start_process(
 async def start_script(course: Course, function: str, *args: str) -> ChildProcess:
     """Run ``module:function(*args)`` (a plain function, sync or async) in a separate OS process."""
     if function.count(":") != 1:
-        raise _course_error(f"{function!r}: name the function as 'module:function'.")
+        raise CourseError(f"{function!r}: name the function as 'module:function'.")
     proc, log_path = _spawn(course, ["script", function, *map(str, args)], "script")
     child = ChildProcess(f"script {function}", proc, log_path)
     _children[f"script-{proc.pid}"] = child
@@ -219,7 +227,7 @@ async def start_script(course: Course, function: str, *args: str) -> ChildProces
 
 async def start_server(
     course: Course,
-    db_path: Path,
+    db_path: Path | None,
     *,
     port: int | None = None,
     dynamic_config: Mapping[str, Any] | None = None,
@@ -228,10 +236,11 @@ async def start_server(
 
     Start it again with the same ``db_path`` and ``port`` after a ``kill()`` to see what survived. A server this
     kernel started earlier on the same file is stopped first (two servers must never share one database).
+    ``db_path=None``: the server keeps its state in memory (no disk writes to wait for; nothing survives a kill).
     ``dynamic_config`` adds server settings on top of the course's (e.g. ``{"limit.blobSize.error": 10000}``).
     """
-    db_path = Path(db_path).resolve()
-    if (old := _servers.pop(db_path, None)) is not None:
+    db_path = None if db_path is None else Path(db_path).resolve()
+    if db_path is not None and (old := _servers.pop(db_path, None)) is not None:
         await asyncio.to_thread(old.stop)
     dev = await asyncio.to_thread(
         server.DevServer.start,
@@ -241,7 +250,7 @@ async def start_server(
         dynamic_config=dynamic_config,
         headless=True,
     )
-    _servers[db_path] = dev
+    _servers[db_path or f"in-memory:{dev.port}"] = dev
     # The server runs in its own session (so it survives a Ctrl-C); a guard kills it when this kernel dies.
     subprocess.Popen(
         [sys.executable, "-m", "helpers.worker", "guard", "--pgid", str(dev.pid), "--parent", str(os.getpid())],
@@ -286,7 +295,7 @@ async def wait_until(condition: Callable[[], bool], timeout: float, what: str = 
     deadline = loop.time() + timeout
     while not condition():
         if loop.time() >= deadline:
-            raise _course_error(f"Waited {timeout:g} s for {what}; it did not happen.")
+            raise CourseError(f"Waited {timeout:g} s for {what}; it did not happen.")
         await asyncio.sleep(0.02)
 
 
@@ -296,12 +305,6 @@ async def stop_all() -> None:
         await _children.pop(key).stop()
     for db in list(_servers):
         await asyncio.to_thread(_servers.pop(db).stop)
-
-
-def _course_error(message: str) -> Exception:
-    from helpers.runtime import CourseError
-
-    return CourseError(message)
 
 
 # --------------------------------------------------------------------------- the child's side
@@ -342,6 +345,7 @@ async def _worker_main(ns: argparse.Namespace) -> int:
         activities=[_load(a) for a in ns.activity],
         activity_executor=ThreadPoolExecutor(max_workers=8),
         sticky_queue_schedule_to_start_timeout=STICKY_TIMEOUT,
+        max_concurrent_activities=ns.max_concurrent_activities,
     )
     run = asyncio.create_task(worker.run())
     stop = asyncio.Event()
@@ -395,6 +399,7 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--workflow", action="append", default=[])
     w.add_argument("--activity", action="append", default=[])
     w.add_argument("--ready", required=True)
+    w.add_argument("--max-concurrent-activities", type=int, default=None)
     s = sub.add_parser("script")
     s.add_argument("function")
     s.add_argument("args", nargs="*")

@@ -1,11 +1,14 @@
 """Exercise checks: each prints one deterministic verdict line and never hangs or raises.
 
 A check cell (tags ``check`` and ``ex-NN.k``) calls one function decorated with :func:`exercise`. The verdict
-line starts with a symbol, the exercise id and one of three words the grader reads::
+line starts with a symbol, the exercise id and one of the words the grader reads::
 
     ✅ 00.1 passed: …          ⏳ 00.1 not done yet: …          ❌ 00.1 not right yet: …
+    ⚠️ 00.1 could not be checked: …   (the Temporal server did not answer: infrastructure, not the learner)
 
-Lines carry no ids, times or addresses, so solutions' outputs are stable references for nbval.
+Lines carry no ids, times or addresses, so solutions' outputs are stable references for nbval. A check runs the
+learner's code on its own runs: afterwards ``course.last`` (what ``course.history()`` shows) is still the
+learner's own last run.
 """
 
 from __future__ import annotations
@@ -19,17 +22,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from helpers import runtime
+from helpers import errors, runtime
 
 CHECK_TIMEOUT_S = 20.0
 
-Status = Literal["passed", "not_done", "failed"]
+Status = Literal["passed", "not_done", "failed", "unavailable"]
 WORDS: dict[Status, tuple[str, str]] = {
     "passed": ("✅", "passed"),
     "not_done": ("⏳", "not done yet"),
     "failed": ("❌", "not right yet"),
+    "unavailable": ("⚠️", "could not be checked"),
 }
-VERDICT_LINE = re.compile(r"^(✅|⏳|❌) (\d\d\.\d+) (passed|not done yet|not right yet): (.*)$")
+VERDICT_LINE = re.compile(r"^(✅|⏳|❌|⚠️) (\d\d\.\d+) (passed|not done yet|not right yet|could not be checked): (.*)$")
+SERVER_DOWN = (
+    "the Temporal server is not answering, so your code could not be run (this is not your mistake). Re-run the "
+    "setup cell at the top of the notebook (it starts the course's server again), then this check."
+)
 
 
 class NotDone(Exception):
@@ -71,22 +79,45 @@ def verdict_for(ex_id: str, err: BaseException, timeout: float) -> Verdict:
         return Verdict(ex_id, "not_done", _not_done_text(str(err), ex_id))
     if isinstance(err, Wrong):
         return Verdict(ex_id, "failed", str(err))
-    if isinstance(err, runtime.WorkflowTaskFailed | runtime.ActivityKeepsFailing):
+    if errors.is_unavailable(err):
+        return Verdict(ex_id, "unavailable", SERVER_DOWN)
+    if isinstance(err, errors.WorkflowTaskFailed | errors.ActivityKeepsFailing):
         if err.failure.startswith("NotImplementedError"):
             text = err.failure.split(":", 1)[1].rsplit(" (", 1)[0]
             return Verdict(ex_id, "not_done", _not_done_text(text, ex_id))
-        where = "your workflow code" if isinstance(err, runtime.WorkflowTaskFailed) else f"activity {err.activity}"
+        where = "your workflow code" if isinstance(err, errors.WorkflowTaskFailed) else f"activity {err.activity}"
         return Verdict(ex_id, "failed", _with_hint(f"{where} raised {err.failure}.", err.failure))
-    if isinstance(err, runtime.WorkflowStuck):
-        return Verdict(ex_id, "failed", "your workflow did not finish in time; is it waiting on something?")
+    if isinstance(err, errors.WorkflowStuck):
+        return Verdict(ex_id, "failed", _stuck_text(err))
     if isinstance(err, asyncio.TimeoutError | TimeoutError):
         return Verdict(ex_id, "failed", f"the check gave up after {timeout:g} s; does your code wait forever?")
-    text = runtime.short_failure(err).splitlines()[-1].replace("caused by ", "").strip()
+    text = errors.short_failure(err).splitlines()[-1].replace("caused by ", "").strip()
     return Verdict(ex_id, "failed", _with_hint(f"running your code raised {text}", text))
 
 
+def _stuck_text(err: errors.WorkflowStuck) -> str:
+    """A run that did not finish: name what it was still waiting for (deterministic: no times or ids)."""
+    if err.no_worker:
+        return "no worker ran your workflow in time; is a worker registered for it?"
+    running = [p for p in err.pending if p.running]
+    if running:
+        act = running[0]
+        return (
+            f"activity {act.name} was still running when the check gave up (attempt {act.attempt}): an endless "
+            "loop, or an await that never finishes? An activity must return (or raise) for the workflow to go on."
+        )
+    if err.pending:
+        act = err.pending[0]
+        failure = f" after failing with {act.last_failure}" if act.last_failure else ""
+        return _with_hint(
+            f"activity {act.name} was waiting for attempt {act.attempt}{failure} when the check gave up.",
+            act.last_failure or "",
+        )
+    return "your workflow did not finish in time; is it waiting on something (a timer, a signal, a condition)?"
+
+
 def _with_hint(message: str, failure: str) -> str:
-    hint = runtime.hint_for(failure)
+    hint = errors.hint_for(failure)
     return f"{message} Hint: {hint}" if hint else message
 
 
@@ -99,6 +130,8 @@ def exercise(ex_id: str, *, timeout: float = CHECK_TIMEOUT_S) -> Callable[[Calla
     def decorate(fn: Callable[..., Any]) -> Callable[..., Awaitable[None]]:
         @functools.wraps(fn)
         async def check(*args: Any, **kwargs: Any) -> None:
+            course = runtime._current
+            learners_last = course.last if course is not None else None
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
@@ -106,6 +139,9 @@ def exercise(ex_id: str, *, timeout: float = CHECK_TIMEOUT_S) -> Callable[[Calla
                 verdict = Verdict(ex_id, "passed", result or "well done.")
             except Exception as err:  # a check never raises: every problem becomes a verdict
                 verdict = verdict_for(ex_id, err, timeout)
+            finally:
+                if course is not None:
+                    course.last = learners_last  # the check's runs are not "the last run" for the learner
             print(verdict.line())
 
         check.exercise = ex_id  # type: ignore[attr-defined]

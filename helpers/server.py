@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-DEFAULT_ADDRESS = "localhost:7233"
+DEFAULT_PORT = 7233
+DEFAULT_ADDRESS = f"localhost:{DEFAULT_PORT}"
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "[::1]"}
 PROBE_TIMEOUT_S = 2.0
 START_TIMEOUT_S = 30.0
@@ -374,17 +375,23 @@ def _terminate(pid: int, timeout: float, process: subprocess.Popen[bytes] | None
 # --------------------------------------------------------------------------- the course's own server
 
 
-def _state_file() -> Path:
-    return data_dir() / "server.json"
+def _files(port: int) -> tuple[Path, Path, Path]:
+    """(state file, SQLite database, log) of the course's server on ``port``: one set per port, so servers on two
+    ports never share a database ("database is locked") and stopping one never touches the other. Port 7233 keeps
+    the names of earlier versions (``temporal.db``, ``server.log``), so a learner's history carries over."""
+    base = data_dir()
+    suffix = "" if port == DEFAULT_PORT else f"-{port}"
+    return base / f"server{suffix}.json", base / f"temporal{suffix}.db", base / f"server{suffix}.log"
 
 
-def managed() -> DevServer | None:
-    """The server ``start`` launched earlier, if it is still running."""
+def managed(port: int | None = None) -> DevServer | None:
+    """The server ``start`` launched earlier on ``port`` (default: the configured address's), if still running."""
+    port = target().port if port is None else port
     try:
-        server = DevServer.from_json(json.loads(_state_file().read_text()))
+        server = DevServer.from_json(json.loads(_files(port)[0].read_text()))
     except (OSError, ValueError, KeyError):
         return None
-    return server if _pid_is_temporal(server.pid) else None
+    return server if server.port == port and _pid_is_temporal(server.pid) else None
 
 
 @dataclass(frozen=True)
@@ -406,9 +413,7 @@ class Status:
 
 def status(where: Target | None = None) -> Status:
     where = where or target()
-    mine = managed()
-    if mine is not None and mine.port != where.port:
-        mine = None
+    mine = managed(where.port) if where.is_local else None
     return Status(where, probe_sync(where), mine)
 
 
@@ -428,28 +433,33 @@ def ensure(where: Target | None = None) -> tuple[Status, bool]:
             f"No Temporal server answers at {where.address}. Check TEMPORAL_ADDRESS / TEMPORAL_NAMESPACE / "
             f"TEMPORAL_API_KEY (or your Temporal profile) with your instructor."
         )
+    state_file, db_path, log_path = _files(where.port)
     server = DevServer.start(
         port=where.port,
         ui_port=int(os.environ.get("TEMPORAL_UI_PORT", where.port + 1000)),
-        db_path=data_dir() / "temporal.db",
-        log_path=data_dir() / "server.log",
+        db_path=db_path,
+        log_path=log_path,
         namespace=where.namespace,
     )
-    tmp = _state_file().with_suffix(".tmp")
+    tmp = state_file.with_suffix(".tmp")
     tmp.write_text(json.dumps(server.to_json(), indent=2))
-    tmp.replace(_state_file())
+    tmp.replace(state_file)
     return Status(where, "temporal", server), True
 
 
-def stop() -> str:
-    """Stop the server the course started; never one it did not start."""
-    mine = managed()
+def stop(where: Target | None = None) -> str:
+    """Stop the server the course started at ``where`` (default: the configured address); never another one."""
+    where = where or target()
+    mine = managed(where.port) if where.is_local else None
     if mine is None:
-        _state_file().unlink(missing_ok=True)
-        return "No course-started Temporal server is running (a server the course did not start is left alone)."
+        _files(where.port)[0].unlink(missing_ok=True)
+        return (
+            f"No course-started Temporal server is running at {where.address} "
+            "(a server the course did not start is left alone)."
+        )
     mine.stop()
-    _state_file().unlink(missing_ok=True)
-    return f"Stopped the course's Temporal server (pid {mine.pid}, port {mine.port})."
+    _files(where.port)[0].unlink(missing_ok=True)
+    return f"Stopped the course's Temporal server at {where.address} (pid {mine.pid})."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from pathlib import Path
 
@@ -175,3 +176,179 @@ def test_course_servers_fire_short_timers_on_time(scratch):
         return elapsed
 
     assert asyncio.run(scenario()) < 3.0
+
+
+# --------------------------------------------------------------------------- never hang, never blame the learner
+
+LOOPS = """
+import asyncio
+from datetime import timedelta
+from temporalio import activity, workflow
+
+@activity.defn
+async def spin(n: int) -> int:
+    total = 0
+    while True:
+        try:
+            total += n
+        except Exception:
+            pass
+
+@activity.defn
+async def wait_forever(n: int) -> int:
+    while True:
+        await asyncio.sleep(0.1)
+
+@workflow.defn
+class Looping:
+    @workflow.run
+    async def run(self, name: str) -> int:
+        act = spin if name == "spin" else wait_forever
+        return await workflow.execute_activity(act, 1, start_to_close_timeout=timedelta(seconds=60))
+"""
+
+
+def test_a_cpu_bound_loop_in_an_async_activity_is_stopped_and_named(scratch):
+    """Issue 7.1: it froze the kernel for good; now the attempt is stopped within seconds (even through an
+    ``except Exception`` inside the loop) and the error names the activity and its line."""
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "loops_mod", LOOPS)
+        await course.start_worker(workflows=[mod.Looping], activities=[mod.spin, mod.wait_forever])
+        started = time.monotonic()
+        with pytest.raises(runtime.ActivityKeepsFailing) as info:
+            handle = await course.start_workflow(mod.Looping.run, "spin", show=False)
+            await course.result(handle, 30, activity_retries=1)
+        elapsed = time.monotonic() - started  # without the watchdog: never (the bounded wait could not even run)
+        await course.stop_all()
+        return info.value, elapsed
+
+    err, elapsed = asyncio.run(scenario())
+    assert elapsed < 15
+    assert err.activity == "spin" and "ActivityBlockedLoop" in err.failure
+    assert re.search(r"loops_mod\.py line (9|1[0-3])\b", err.failure), err.failure  # inside the loop
+    assert "async def" in runtime.hint_for(err.failure)
+
+
+def test_an_activity_that_never_returns_is_named_not_the_workflow(scratch, capsys):
+    """Issue 7.2: 'your workflow did not finish in time' blamed the workflow; the activity still running is named."""
+    from support import verdict_of
+
+    from helpers.checks import exercise
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "loops_mod2", LOOPS)
+        await course.start_worker(workflows=[mod.Looping], activities=[mod.spin, mod.wait_forever])
+        with pytest.raises(runtime.WorkflowStuck) as info:
+            await course.run(mod.Looping.run, "wait", show=False, timeout=2)
+
+        @exercise("09.9")
+        async def check():
+            await course.run(mod.Looping.run, "wait", show=False, timeout=2)
+
+        await check()
+        await course.stop_all()
+        return info.value
+
+    err = asyncio.run(scenario())
+    assert "Activity wait_forever is still running" in str(err) and "(attempt 1)" in str(err)
+    assert [(p.name, p.attempt, p.running) for p in err.pending] == [("wait_forever", 1, True)]
+    verdict = verdict_of(capsys)
+    assert verdict.status == "failed"
+    assert verdict.message.startswith("activity wait_forever was still running when the check gave up (attempt 1)")
+
+
+@pytest.fixture
+def private_server(tmp_path, monkeypatch):
+    """A course server of this test's own (state and data in tmp_path), at TEMPORAL_ADDRESS; stopped at the end."""
+    monkeypatch.setenv("TEMPORAL_COURSE_DATA", str(tmp_path / "data"))
+    port = server.free_port()
+    monkeypatch.setenv("TEMPORAL_ADDRESS", f"localhost:{port}")
+    monkeypatch.setenv("TEMPORAL_UI_PORT", str(server.free_port()))
+    monkeypatch.setattr(runtime, "_current", None)
+    where = server.target()
+    server.ensure(where)
+    yield where
+    server.stop(where)
+
+
+def test_a_stopped_server_is_said_plainly_and_setup_brings_it_back(private_server, scratch, capsys):
+    """Issue 7.3/7.4: runs and checks said RPCError (as if the code were wrong), setup did not restart the server,
+    and re-running setup dropped the workers. Now: a distinct error and verdict within seconds; setup re-run
+    starts the local server again, reconnects, and the same workers serve the next run."""
+    from support import verdict_of
+
+    from helpers.checks import exercise
+
+    async def scenario():
+        course = await runtime.start("t")
+        mod = runtime.write_module(course.scratch, "shout_down", HELLO)
+        await course.start_worker(workflows=[mod.Shout], activities=[mod.shout])
+        assert await course.run(mod.Shout.run, "up", show=False) == "UP"
+        capsys.readouterr()
+        server.stop(private_server)
+
+        started = time.monotonic()
+        with pytest.raises(runtime.ServerNotAnswering, match="not answering") as info:
+            await course.run(mod.Shout.run, "down", show=False)
+        assert time.monotonic() - started < 4
+        assert "re-run the setup cell" in str(info.value)
+        with pytest.raises(runtime.ServerNotAnswering):
+            await course.history()
+
+        @exercise("09.8")
+        async def check():
+            assert await course.run(mod.Shout.run, "x", show=False) == "X"
+
+        await check()
+        verdict = verdict_of(capsys)
+        assert verdict.status == "unavailable" and "not your mistake" in verdict.message
+
+        again = await runtime.start("t")
+        assert again is course
+        out = capsys.readouterr().out
+        assert "started it again; reconnected" in out
+        assert "Still running from before: 1 background worker(s)" in out and "Shout, shout" in out
+        assert await course.run(mod.Shout.run, "back", show=False, timeout=15) == "BACK"
+        await course.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_rerunning_setup_keeps_the_workers(private_server, capsys):
+    async def scenario():
+        course = await runtime.start("t")
+        mod = runtime.write_module(course.scratch, "shout_keep", HELLO)
+        running = await course.start_worker(workflows=[mod.Shout], activities=[mod.shout])
+        await runtime.start("t")
+        assert course.workers[course.task_queue] is running and running.running
+        assert await course.run(mod.Shout.run, "still", show=False, timeout=5) == "STILL"
+        await course.stop_all()
+
+    asyncio.run(scenario())
+    assert "Still running from before: 1 background worker(s)" in capsys.readouterr().out
+
+
+def test_a_check_leaves_the_learners_last_run_alone(make_course, capsys):
+    """Issue 7.11: after a check, course.history() showed the check's run, not the learner's."""
+    from helpers.checks import exercise
+
+    async def scenario():
+        course = await make_course()
+        mod = runtime.write_module(course.scratch, "shout_last", HELLO)
+        await course.start_worker(workflows=[mod.Shout], activities=[mod.shout])
+        await course.run(mod.Shout.run, "mine", show=False)
+        mine = course.last
+
+        @exercise("09.7")
+        async def check():
+            await course.run(mod.Shout.run, "the check's", show=False)
+
+        await check()
+        assert course.last is mine
+        assert '"mine"' in repr(await course.history())
+        await course.stop_all()
+
+    asyncio.run(scenario())

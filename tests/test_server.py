@@ -39,20 +39,42 @@ def test_starts_when_nothing_answers_then_stops_only_its_own(private_data, monke
     status, started = server.ensure(local_target(port))
     try:
         assert started and status.state == "temporal"
-        mine = server.managed()
+        mine = server.managed(port)
         assert mine is not None and mine.port == port
-        assert (private_data / "temporal.db").exists(), "SQLite persistence in the data dir"
+        assert (private_data / f"temporal-{port}.db").exists(), "SQLite persistence in the data dir, one per port"
         listening = [c.laddr.ip for c in psutil.Process(mine.pid).net_connections("tcp") if c.status == "LISTEN"]
         assert listening and set(listening) == {"127.0.0.1"}, listening
         # A second ensure reuses it: still one server process.
         again, started_again = server.ensure(local_target(port))
         assert not started_again and again.managed is not None and again.managed.pid == mine.pid
     finally:
-        message = server.stop()
+        message = server.stop(local_target(port))
     assert "Stopped" in message
     assert not psutil.pid_exists(mine.pid) or psutil.Process(mine.pid).status() == psutil.STATUS_ZOMBIE
     assert server.probe_sync(local_target(port), 1) == "closed"
-    assert "No course-started" in server.stop()
+    assert "No course-started" in server.stop(local_target(port))
+
+
+def test_servers_on_two_ports_each_have_their_own_database_and_stop_alone(private_data, monkeypatch):
+    """Issue 7.6: one shared SQLite file made a second server fail ('database is locked'), and `stop` stopped
+    whichever server the state file named, whatever TEMPORAL_ADDRESS said."""
+    a, b = local_target(server.free_port()), local_target(server.free_port())
+    monkeypatch.setenv("TEMPORAL_UI_PORT", str(server.free_port()))
+    server.ensure(a)
+    monkeypatch.setenv("TEMPORAL_UI_PORT", str(server.free_port()))
+    try:
+        _, started = server.ensure(b)
+        assert started and server.probe_sync(b, 2) == "temporal"
+        pid_a, pid_b = server.managed(a.port).pid, server.managed(b.port).pid
+        assert pid_a != pid_b
+        assert f"pid {pid_b}" in server.stop(b)
+        assert server.probe_sync(b, 1) == "closed"
+        assert server.probe_sync(a, 2) == "temporal", "stopping b left a alone"
+        assert server.status(a).managed.pid == pid_a
+    finally:
+        server.stop(a)
+        server.stop(b)
+    assert server.probe_sync(a, 1) == "closed"
 
 
 def test_port_taken_by_something_else_is_one_clear_error(private_data):
@@ -122,7 +144,7 @@ def test_cli_start_then_stop_leaves_nothing_running(private_data):
     started = cli("start", **env)
     assert started.returncode == 0, started.stderr
     assert "Started a Temporal dev server" in started.stdout and f"localhost:{port}" in started.stdout
-    pid = server.managed().pid
+    pid = server.managed(port).pid
     reused = cli("start", **env)
     assert "Started" not in reused.stdout and f"pid {pid}" in reused.stdout, "second start reuses the server"
     stopped = cli("stop", **env)

@@ -7,6 +7,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
+# Loads helpers.kernel in every kernel of this venv: %%module and short errors exist before the setup cell runs.
+KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 # Strict nbval over solutions/: stored outputs are the reference, tests/nbval.cfg masks ids, ports and times.
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nbval-cell-timeout 60
@@ -23,49 +25,53 @@ $(STAMP): requirements.txt requirements-lock.txt pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check --upgrade pip
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -c requirements-lock.txt
-	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . \
-	  || $(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@# setuptools (pinned above) builds the editable install; its advice about editable modes is not for learners.
+	PYTHONWARNINGS=ignore $(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@# Jupyter settings for this venv only: no "news" prompt on first start.
 	@mkdir -p $(VENV)/share/jupyter/lab/settings
 	@echo '{"@jupyterlab/apputils-extension:notification": {"fetchNews": "false", "checkForUpdates": false}}' \
 	  > $(VENV)/share/jupyter/lab/settings/overrides.json
 	@touch $(STAMP)
 
-setup: $(STAMP) ## Create .venv and install the pinned dependencies
+$(KERNEL_CONFIG): $(STAMP)
+	@mkdir -p $(dir $@)
+	@echo 'c.InteractiveShellApp.extensions = ["helpers.kernel"]  # written by the Makefile' > $@
 
-lab: $(STAMP) server-start ## Start (or reuse) the Temporal server and open the course in JupyterLab
+setup: $(STAMP) $(KERNEL_CONFIG) ## Create .venv and install the pinned dependencies
+
+lab: setup server-start ## Start (or reuse) the Temporal server and open the course in JupyterLab
 	@echo "Opening JupyterLab on the course. Stop it with Ctrl-C; the Temporal server keeps running (make server-stop)."
 	$(BIN)/jupyter lab --ServerApp.ip=127.0.0.1 $(ROOT_FLAG) --ServerApp.root_dir=. notebooks/00_welcome.ipynb
 
-test: $(STAMP) ## Lint, then test helpers, solutions (strict nbval) and learner notebooks
+test: setup ## Lint, then test helpers, solutions (strict nbval) and learner notebooks
 	$(BIN)/ruff check helpers tests conftest.py
 	$(BIN)/ruff format --check helpers tests conftest.py
 	$(PY) -m pytest tests solutions $(NBVAL)
 
-lint: $(STAMP) ## ruff check + format check
+lint: setup ## ruff check + format check
 	$(BIN)/ruff check helpers tests conftest.py
 	$(BIN)/ruff format --check helpers tests conftest.py
 
-format: $(STAMP) ## ruff fix + format
+format: setup ## ruff fix + format
 	$(BIN)/ruff check --fix helpers tests conftest.py
 	$(BIN)/ruff format helpers tests conftest.py
 
-notebooks: $(STAMP) ## Regenerate the learner notebooks in notebooks/ from solutions/
+notebooks: setup ## Regenerate the learner notebooks in notebooks/ from solutions/
 	$(PY) -m helpers.build notebooks
 
-solutions: $(STAMP) ## Re-execute solutions/ in place (their outputs are the nbval reference)
+solutions: setup ## Re-execute solutions/ in place (their outputs are the nbval reference)
 	$(PY) -m helpers.build execute $(NB)
 
-server-start: $(STAMP) ## Reuse a Temporal server at TEMPORAL_ADDRESS or start the dev server
+server-start: setup ## Reuse a Temporal server at TEMPORAL_ADDRESS or start the dev server
 	@$(PY) -m helpers.server start
 
-server-stop: $(STAMP) ## Stop the dev server the course started (never another one)
+server-stop: setup ## Stop the dev server the course started (never another one)
 	@$(PY) -m helpers.server stop
 
-server-status: $(STAMP) ## Say whether a Temporal server answers and who started it
-	@$(PY) -m helpers.server status
+server-status: setup ## Say whether a Temporal server answers and who started it
+	@$(PY) -m helpers.server status || true  # "no server" is an answer, not a failure of make
 
-grade: $(STAMP) ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers [LEARNER=name] [NB=NN]
+grade: setup ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers [LEARNER=name] [NB=NN]
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n] [LEARNER=name] [NB=NN]"; exit 2; }
 	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS) \
 	  $(if $(LEARNER),--learner "$(LEARNER)") $(foreach n,$(NB),--notebook $(n))

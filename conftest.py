@@ -24,6 +24,12 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("PYTEST_XDIST_WORKER"):
         return  # the controller started the server and exported its address to us
     data = Path(tempfile.mkdtemp(prefix="temporal-course-test-"))
+    # Everything the run creates in the temp dir (kernels' scratch modules, worker logs, pytest's tmp_path,
+    # throwaway servers' databases) lands under `data`, removed at the end: a killed kernel cannot clean up.
+    scratch = data / "tmp"
+    scratch.mkdir()
+    os.environ["TMPDIR"] = str(scratch)
+    tempfile.tempdir = None  # re-read TMPDIR
     for var in ("TEMPORAL_API_KEY", "TEMPORAL_PROFILE", "TEMPORAL_CONFIG_FILE", "TEMPORAL_TLS", "TEMPORAL_UI_URL"):
         os.environ.pop(var, None)
     os.environ["TEMPORAL_COURSE_DATA"] = str(data)

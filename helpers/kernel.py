@@ -19,6 +19,7 @@ import importlib.util
 import linecache
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +53,10 @@ def write_module(scratch: Path, name: str, source: str, *, first_line: int = 1) 
     except SyntaxError as err:
         raise CourseError(f"SyntaxError in %%module {name}, line {err.lineno}: {err.msg}") from None
     except Exception as err:
-        raise CourseError(f"%%module {name} failed to import: {short_failure(err)}") from None
+        frames = traceback.extract_tb(err.__traceback__)
+        line = next((f.lineno for f in reversed(frames) if f.filename == str(path)), None)
+        where = f" (line {line})" if line else ""
+        raise CourseError(f"%%module {name} failed to import: {short_failure(err)}{where}") from None
 
 
 def _in_scratch(module: Any, scratch: Path) -> bool:

@@ -114,9 +114,40 @@ def server_not_answering(address: str) -> ServerNotAnswering:
 
 # --------------------------------------------------------------------------- hints
 
+SANDBOX_FIXES = {
+    "datetime": "workflow.now() instead of datetime.now()",
+    "random": "workflow.random() instead of the random module",
+    "uuid": "workflow.uuid4() instead of uuid.uuid4()",
+    "time.": "workflow.now() or workflow.time() instead of the time module",
+}
+_CANNOT_ACCESS = re.compile(r"Cannot access (\S+?)(?:\.__call__)? from inside a workflow")
+
+
+def sandbox_hint(failure: str) -> str | None:
+    """For a RestrictedWorkflowAccessError text: what was blocked and what to use instead."""
+    m = _CANNOT_ACCESS.search(failure)
+    if m is None:
+        return None
+    blocked = m[1]
+    fix = next((f for key, f in SANDBOX_FIXES.items() if blocked.startswith(key)), None)
+    text = f"the sandbox stopped your workflow when it called {blocked}()"
+    return f"{text}: use {fix}." if fix else f"{text}: move that call into an activity."
+
+
+# The SDK's own advice under a sandbox error; right for a deterministic helper module, wrong for a clock or a
+# random number, which stay nondeterministic however they are imported.
+PASS_THROUGH_ADVICE = "mark the import as pass through"
+
 
 def hint_for(failure: str) -> str | None:
     """A hint for failure texts learners meet often."""
+    if (sandbox := sandbox_hint(failure)) is not None:
+        if PASS_THROUGH_ADVICE in failure:
+            sandbox += (
+                " (Not the SDK's 'mark the import as pass through': that is for modules whose code is deterministic; "
+                "this call gives another answer on replay however it is imported.)"
+            )
+        return sandbox[0].upper() + sandbox[1:]
     if "ActivityBlockedLoop" in failure:
         return (
             "inside `async def`, a loop that never awaits (or a blocking call such as time.sleep) freezes the "
@@ -183,6 +214,7 @@ __all__ = [
     "failure_text",
     "hint_for",
     "is_unavailable",
+    "sandbox_hint",
     "server_not_answering",
     "short_failure",
     "user_frame",

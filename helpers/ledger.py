@@ -76,7 +76,7 @@ class LedgerTable:
         if done == 0:
             return f"ran {started}×, cut off"
         text = f"ran {started}×" + (f", finished {done}×" if done != started else "")
-        return text + ("  ⚠ twice!" if done > 1 else "")
+        return text + ({0: "", 1: "", 2: "  ⚠ twice!"}.get(done, f"  ⚠ {done} times!"))
 
     def rows(self) -> list[list[str]]:
         return [[step, *(self.cell(c, step) for c in self.columns.values())] for step in self.steps]

@@ -84,10 +84,13 @@ class ClassificationQuiz:
 
     # ---- display --------------------------------------------------------------------------------------
     def summary(self) -> str:
+        """The quiz as text: what a reader without widgets (a terminal, nbval, a graded copy) needs to answer."""
         choices = " / ".join(self.choices)
+        width = max(len(k) for k in self.items)
+        scenarios = "\n".join(f"  {key.ljust(width)}  {text}" for key, text in self.items.items())
         return (
             f"Quiz: {len(self.items)} scenarios, each {choices}. Click an answer per scenario; the "
-            f"{self.variable} = {{...}} code to paste into the exercise cell appears under the buttons."
+            f"{self.variable} = {{...}} code to paste into the exercise cell appears under the buttons.\n{scenarios}"
         )
 
     def __repr__(self) -> str:

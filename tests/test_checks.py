@@ -5,18 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from support import run_check
 
 from helpers import checks, runtime
 from helpers.checks import nb00
-
-
-def run_check(check, *args, capsys) -> checks.Verdict:
-    asyncio.run(check(*args))
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    verdict = checks.parse(lines[0])
-    assert verdict is not None, lines[0]
-    return verdict
 
 
 @pytest.mark.parametrize(
@@ -59,7 +51,7 @@ def test_a_check_that_hangs_is_cut_off(capsys):
 
 
 def test_parse_round_trips():
-    for status in ("passed", "not_done", "failed"):
+    for status in ("passed", "not_done", "failed", "unavailable"):
         v = checks.Verdict("03.2", status, "a hint: with a colon")
         assert checks.parse(v.line()) == v
     assert checks.parse("Hello, Ada!") is None
@@ -102,19 +94,48 @@ WHOLE_LIST = f"        return {CALL.replace(', n,', ', names,')}"
 NO_AWAIT = f"        return [{CALL.removeprefix('await ')} for n in names]"
 ENDLESS = "        while True:\n            pass"
 JOINED = f"        return ' '.join([{CALL} for n in names])"
+SORTED = f"        return [{CALL} for n in sorted(names)]"
+DEDUPLICATED = f"        return [{CALL} for n in dict.fromkeys(names)]"
+# Correct, in other styles: a loop with append, and all calls at once with asyncio.gather (order kept).
+LOOP = f"""        out = []
+        for n in names:
+            out.append({CALL})
+        return out"""
+GATHER = """        import asyncio
+        return list(await asyncio.gather(*[
+            workflow.execute_activity(compose_greeting, n, start_to_close_timeout=timedelta(seconds=5)) for n in names
+        ]))"""
 
 
 @pytest.mark.parametrize(
     ("body", "status", "hint"),
     [
-        (SOLVED, "passed", "3 activity calls"),
+        (SOLVED, "passed", "one activity call per name"),
+        (LOOP, "passed", "one activity call per name"),
+        (GATHER, "passed", "one activity call per name"),
         (STUB, "not_done", "call compose_greeting for each name"),
         (NO_ACTIVITIES, "failed", "0 activity call(s)"),
-        (WRONG_ORDER, "failed", "expected ['Hello, Ada!'"),
+        (WRONG_ORDER, "failed", "expected ['Hello, Linus!', 'Hello, Ada!'"),
         (WHOLE_LIST, "failed", "activity compose_greeting raised"),
         (NO_AWAIT, "failed", "did you forget `await`"),
         (ENDLESS, "failed", "without awaiting anything: an endless loop"),
-        (JOINED, "failed", "your workflow returned 'Hello, Ada! Hello, Grace! Hello, Linus!'"),
+        (JOINED, "failed", "your workflow returned 'Hello, Linus! Hello, Ada! Hello, Grace! Hello, Ada!'"),
+        (SORTED, "failed", "in the order given"),  # issue 7.9: passed when the only team was sorted
+        (DEDUPLICATED, "failed", "even when a name comes twice"),  # and when it had no repeated name
+    ],
+    ids=[
+        "solved",
+        "loop",
+        "gather",
+        "stub",
+        "no-activities",
+        "wrong-order",
+        "whole-list",
+        "no-await",
+        "endless",
+        "joined",
+        "sorted",
+        "deduplicated",
     ],
 )
 def test_nb00_greet_team(body, status, hint, make_course, scratch, capsys):
@@ -138,6 +159,11 @@ def test_nb00_greet_team(body, status, hint, make_course, scratch, capsys):
         (3, "ActivityTaskCompleted", "failed", "WORKFLOW_TASKS = 3 is not it"),
         ("2", "ActivityTaskCompleted", "failed", "is text; write the number itself"),
         (2, "WorkflowExecutionCompleted", "failed", "RESULT_EVENT = 'WorkflowExecutionCompleted'"),
+        # Issue 7.10: the API's own spellings of the right event are right too.
+        (2, "EVENT_TYPE_ACTIVITY_TASK_COMPLETED", "passed", "2 workflow tasks"),
+        (2, "activity_task_completed", "passed", "2 workflow tasks"),
+        (2, 12, "passed", "2 workflow tasks"),  # EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED
+        (2, "EVENT_TYPE_ACTIVITY_TASK_STARTED", "failed", "write its name as the table shows it"),
     ],
 )
 def test_nb00_history_quiz(tasks, event, status, hint, make_course, scratch, capsys):
@@ -150,3 +176,17 @@ def test_nb00_history_quiz(tasks, event, status, hint, make_course, scratch, cap
     verdict = run_check(lambda: scenario(), capsys=capsys)
     assert (verdict.exercise, verdict.status) == ("00.2", status)
     assert hint in verdict.message
+
+
+def test_sandbox_errors_get_the_fix_not_the_sdks_pass_through_advice():
+    """Issue 7.12: under 02's sandbox error the SDK advises 'mark the import as pass through': the wrong fix there."""
+    from helpers import errors
+
+    failure = (
+        "RestrictedWorkflowAccessError: Cannot access datetime.datetime.now.__call__ from inside a workflow. If this "
+        "is code from a module not used in a workflow or known to only be used deterministically from a workflow, "
+        "mark the import as pass through. (shipping.py line 20, in run)"
+    )
+    hint = errors.hint_for(failure)
+    assert hint.startswith("The sandbox stopped your workflow when it called datetime.datetime.now(): use workflow.now")
+    assert "Not the SDK's 'mark the import as pass through'" in hint

@@ -6,10 +6,11 @@ import asyncio
 import gc
 
 import pytest
+from support import verdict_of
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from helpers import checks, history, replay, runtime
+from helpers import history, replay, runtime
 from helpers.checks import nb02
 
 
@@ -17,14 +18,6 @@ def fill(template: str, **parts: str) -> str:
     for key, value in parts.items():
         template = template.replace(f"<<{key}>>", value)
     return template
-
-
-def verdict_of(capsys: pytest.CaptureFixture[str]) -> checks.Verdict:
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 1, lines
-    verdict = checks.parse(lines[0])
-    assert verdict is not None, lines[0]
-    return verdict
 
 
 # --------------------------------------------------------------------------- replay helpers
@@ -239,9 +232,27 @@ T_SANDBOX_OFF = """        with workflow.unsafe.sandbox_unrestricted():
             ticket_id = str(uuid.uuid4())
             agent = random.choice(AGENTS)
             due = datetime.now(timezone.utc) + timedelta(hours=4)"""
+T_AGENT_BY_CLOCK = """        ticket_id = str(workflow.uuid4())
+        agent = AGENTS[workflow.now().second % len(AGENTS)]
+        due = workflow.now() + timedelta(hours=4)"""
 T_ROUNDED_CLOCK = """        ticket_id = str(workflow.uuid4())
         agent = workflow.random().choice(AGENTS)
         due = (workflow.now() + timedelta(hours=4)).replace(microsecond=0)"""
+
+
+@pytest.mark.parametrize(
+    ("by_second", "follows"),
+    [
+        ({10: ["ada"] * 8, 11: ["bo"] * 7}, True),  # runs straddled a second: one agent per second
+        ({10: ["ada"] * 14, 11: ["cy"]}, True),
+        ({10: ["ada", "bo", "ada"] * 3, 11: ["cy"] * 6}, False),  # random within a second
+        ({10: ["ada"] * 15}, False),  # one second only: "all tickets went to one agent" says it instead
+        ({10: ["ada"], 11: ["bo"], 12: ["cy"]}, False),  # no two tickets share a second: nothing to tell
+    ],
+)
+def test_an_agent_that_follows_the_clock_is_told_apart(by_second, follows):
+    """Issue 7.9: with runs in two seconds, `AGENTS[workflow.now().second % 3]` gave two agents and passed."""
+    assert nb02.follows_the_clock(by_second) is follows
 
 
 @pytest.mark.parametrize(
@@ -256,6 +267,7 @@ T_ROUNDED_CLOCK = """        ticket_id = str(workflow.uuid4())
         (T_FIRST_AGENT, "failed", "all 15 tickets went to 'ada'; the agent should be picked at random"),
         (T_AGENT_BY_SUBJECT, "failed", "always went to the same agent: the pick depends on the subject"),
         (T_SANDBOX_OFF, "failed", "your workflow computes a different ticket_id"),
+        (T_AGENT_BY_CLOCK, "failed", "went to"),  # in one second: all to one agent; straddling: one per second
         (T_ROUNDED_CLOCK, "passed", "every run replays to the same values"),
     ],
     ids=[
@@ -268,6 +280,7 @@ T_ROUNDED_CLOCK = """        ticket_id = str(workflow.uuid4())
         "first-agent",
         "agent-by-subject",
         "sandbox-off",
+        "agent-by-clock",
         "rounded-clock",
     ],
 )

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+import re
 from typing import Any
+
+from temporalio.api.enums.v1 import EventType
 
 from helpers import history, runtime
 from helpers.checks import Wrong, exercise, require, worker_for
 
-NAMES = ["Ada", "Grace", "Linus"]
+# Teams that tell a right answer from plausible wrong ones: not sorted (a sorted answer differs), a name twice
+# (de-duplicating differs: two people can share a name), one name, and nobody.
+TEAMS = [["Linus", "Ada", "Grace", "Ada"], ["Zoë"], []]
 
 
 @exercise("00.1")
@@ -15,20 +21,45 @@ async def check_greet_team(workflow_cls: type, compose_greeting: Any) -> str:
     course = runtime.current()
     async with worker_for([workflow_cls], [compose_greeting]) as queue:
         # result_type=Any: compare what the workflow really returned, not its conversion to list[str].
-        handle = await course.start_workflow(
-            workflow_cls.run, NAMES, task_queue=queue, id_prefix="check-00-1", show=False, result_type=Any
-        )
-        result = await course.result(handle, 10, activity_retries=2)
-    expected = [f"Hello, {n}!" for n in NAMES]
-    if result != expected:
-        raise Wrong(f"for {NAMES} your workflow returned {result!r}; expected {expected!r}.")
-    scheduled = history.table(await handle.fetch_history()).counts()["ActivityTaskScheduled"]
-    if scheduled != len(NAMES):
-        raise Wrong(
-            f"the greetings are right, but the history shows {scheduled} activity call(s) for {len(NAMES)} names. "
-            "Call compose_greeting once per name with workflow.execute_activity, so each step is recorded."
-        )
-    return f"{len(NAMES)} names, {scheduled} activity calls, {len(NAMES)} greetings, each one recorded in the history."
+        handles = [
+            await course.start_workflow(
+                workflow_cls.run, team, task_queue=queue, id_prefix="check-00-1", show=False, result_type=Any
+            )
+            for team in TEAMS
+        ]
+        results = await asyncio.gather(*(course.result(h, 10, activity_retries=2) for h in handles))
+    for team, handle, result in zip(TEAMS, handles, results, strict=True):
+        expected = [f"Hello, {n}!" for n in team]
+        if result != expected:
+            raise Wrong(
+                f"for {team} your workflow returned {result!r}; expected {expected!r}: one greeting per name, "
+                "in the order given, even when a name comes twice."
+            )
+        scheduled = history.table(await handle.fetch_history()).counts()["ActivityTaskScheduled"]
+        if scheduled != len(team):
+            raise Wrong(
+                f"the greetings are right, but for {team} the history shows {scheduled} activity call(s) for "
+                f"{len(team)} names. Call compose_greeting once per name with workflow.execute_activity, so each "
+                "step is recorded."
+            )
+    sizes = ", ".join(str(len(t)) for t in TEAMS[:-1]) + f" and {len(TEAMS[-1])}"
+    return (
+        f"teams of {sizes} names: one activity call per name, greetings in the given order (repeats included), "
+        "each one recorded in the history."
+    )
+
+
+def _event_key(name: Any) -> str:
+    """One spelling for an event name: ``ActivityTaskCompleted``, ``EVENT_TYPE_ACTIVITY_TASK_COMPLETED``,
+    ``activity_task_completed``, ``EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED`` (an int) all read the same."""
+    if isinstance(name, int) and not isinstance(name, bool):
+        try:
+            name = EventType.Name(name)
+        except ValueError:
+            return str(name)
+    text = str(name).strip()
+    text = re.sub(r"^(EventType\.)?EVENT_TYPE_", "", text)
+    return re.sub(r"[^a-z]", "", text.lower())
 
 
 @exercise("00.2")
@@ -51,9 +82,9 @@ async def check_history_quiz(workflow_cls: type, compose_greeting: Any, workflow
             f"WORKFLOW_TASKS = {workflow_tasks!r} is not it. Count the WorkflowTaskCompleted rows: each is one "
             "workflow task, in which the worker ran your workflow code until it had to wait."
         )
-    if str(result_event).strip() != holder:
+    if _event_key(result_event) != _event_key(holder):
         raise Wrong(
             f"RESULT_EVENT = {result_event!r} is not it. Look for the row whose details show the greeting "
-            "coming back from compose_greeting."
+            "coming back from compose_greeting, and write its name as the table shows it (e.g. 'WorkflowTaskStarted')."
         )
     return f"{actual_tasks} workflow tasks, and the greeting comes back in {holder}."

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import difflib
 import json
 import re
@@ -82,8 +83,17 @@ def check_classification(answers: Any) -> str:
 # --------------------------------------------------------------------------- 01.2 a script made durable
 
 REFUND_STEPS = ["cancel_shipment", "refund_payment", "email_customer"]
-ITEMS = [{"sku": "mug", "price": 12.5, "qty": 2}, {"sku": "tea", "price": 4.75, "qty": 1}]
-REFUND_AMOUNT = 29.75
+# Orders whose refunds tell a right answer from plausible wrong ones: 29.75 (any formatting agrees), 30.00 and
+# 4.10 (only "{amount:.2f}" gives them two decimals, as the script's email does).
+ORDERS = [
+    [{"sku": "mug", "price": 12.5, "qty": 2}, {"sku": "tea", "price": 4.75, "qty": 1}],
+    [{"sku": "mug", "price": 12.5, "qty": 2}, {"sku": "tea", "price": 5.0, "qty": 1}],
+    [{"sku": "card", "price": 2.05, "qty": 2}],
+]
+
+
+def refund_of(items: list[dict[str, Any]]) -> float:
+    return round(sum(item["price"] * item["qty"] for item in items), 2)
 
 
 @exercise("01.2")
@@ -100,18 +110,30 @@ async def check_refund_workflow(module: Any) -> str:
         if activity._Definition.from_callable(fn) is None:
             raise Wrong(f"{name} is not an activity yet: put @activity.defn above it.")
         acts.append(fn)
-    order_id = course.new_id("check-refund")
-    order = {"id": order_id, "email": "ada@example.com", "items": ITEMS}
+    orders = [{"id": course.new_id("check-refund"), "email": "ada@example.com", "items": i} for i in ORDERS]
     async with worker_for([wf], acts, purpose="refund") as queue:
-        handle = await course.start_workflow(wf.run, order, id=order_id, task_queue=queue, show=False)
+        handles = [
+            await course.start_workflow(wf.run, order, id=order["id"], task_queue=queue, show=False) for order in orders
+        ]
         try:
-            result = await course.result(handle, 8.0, activity_retries=1)
+            results = await asyncio.gather(*(course.result(h, 8.0, activity_retries=1) for h in handles))
         except (runtime.WorkflowTaskFailed, runtime.ActivityKeepsFailing) as err:
             _raise_if_unknown_activity(err.failure)
             raise
+    ledger = getattr(getattr(module, "refund_script", None), "ledger", None)
+    for order, handle, result in zip(orders, handles, results, strict=True):
+        await _check_one_refund(order, handle, result, ledger)
+    amounts = ", ".join(f"{refund_of(i):.2f}" for i in ORDERS)
+    return (
+        f"3 refunds ({amounts}): 3 activities each in the script's order, the amount computed in the workflow, "
+        "the same email, each step run once."
+    )
+
+
+async def _check_one_refund(order: dict[str, Any], handle: Any, result: Any, ledger: Any) -> None:
+    order_id, amount = order["id"], refund_of(order["items"])
     scheduled = await _scheduled_activities(handle)
     names = [name for name, _ in scheduled]
-    ledger = getattr(getattr(module, "refund_script", None), "ledger", None)
     ran_in_workflow = [
         s for s in REFUND_STEPS if s not in names and ledger is not None and ledger.has(order_id, s, "done")
     ]
@@ -123,26 +145,23 @@ async def check_refund_workflow(module: Any) -> str:
     if names != REFUND_STEPS:
         raise Wrong(f"the history shows the activities {names}; the script runs {REFUND_STEPS}, in this order.")
     amounts = [a for a in scheduled[1][1] if isinstance(a, int | float)]
-    if not any(abs(a - REFUND_AMOUNT) < 0.005 for a in amounts):
-        raise Wrong(f"refund_payment got {scheduled[1][1]}; for these items the amount to refund is {REFUND_AMOUNT}.")
-    email = f"We refunded {REFUND_AMOUNT:.2f} for order {order_id}."
+    if not any(abs(a - amount) < 0.005 for a in amounts):
+        raise Wrong(f"refund_payment got {scheduled[1][1]}; for these items the amount to refund is {amount}.")
+    email = f"We refunded {amount:.2f} for order {order_id}."
     if email not in scheduled[2][1]:
         texts = [a for a in scheduled[2][1] if isinstance(a, str) and a != order_id]
         got = f"the text {texts[0].replace(order_id, '<order id>')!r}" if texts else f"{scheduled[2][1]}"
         raise Wrong(
-            f"email_customer got {got}; keep the script's steps as they are, including its email: "
-            f"f\"We refunded {{amount:.2f}} for order {{order['id']}}.\""
+            f"for a refund of {amount:.2f}, email_customer got {got}; keep the script's steps as they are, "
+            f"including its email, with two decimals: f\"We refunded {{amount:.2f}} for order {{order['id']}}.\""
         )
     if ledger is not None:
         twice = [s for s in REFUND_STEPS if ledger.counts(order_id)[(s, "done")] != 1]
         if twice:
             raise Wrong(f"the history is right, but {twice[0]} did not run exactly once: call refund_script's step.")
-    expected = f"refunded {REFUND_AMOUNT:.2f}"
+    expected = f"refunded {amount:.2f}"
     if result != expected:
         raise Wrong(f"the workflow returned {result!r}; the script returns {expected!r}.")
-    return (
-        "3 activities in the script's order, the amount computed in the workflow, the same email, each step run once."
-    )
 
 
 def _raise_if_unknown_activity(failure: str) -> None:

@@ -18,27 +18,9 @@ from temporalio.api.enums.v1 import EventType
 
 from helpers import history, replay, runtime
 from helpers.checks import NotDone, Wrong, exercise, worker_for
+from helpers.errors import sandbox_hint
 
 # --------------------------------------------------------------------------- 02.1
-
-SANDBOX_FIXES = {
-    "datetime": "workflow.now() instead of datetime.now()",
-    "random": "workflow.random() instead of the random module",
-    "uuid": "workflow.uuid4() instead of uuid.uuid4()",
-    "time.": "workflow.now() or workflow.time() instead of the time module",
-}
-_CANNOT_ACCESS = re.compile(r"Cannot access (\S+?)(?:\.__call__)? from inside a workflow")
-
-
-def sandbox_hint(failure: str) -> str | None:
-    """For a RestrictedWorkflowAccessError text: what was blocked and what to use instead."""
-    m = _CANNOT_ACCESS.search(failure)
-    if m is None:
-        return None
-    blocked = m[1]
-    fix = next((f for key, f in SANDBOX_FIXES.items() if blocked.startswith(key)), None)
-    text = f"the sandbox stopped your workflow when it called {blocked}()"
-    return f"{text}: use {fix}." if fix else f"{text}: move that call into an activity."
 
 
 async def _run(course: runtime.Course, cls: type, *args: Any, queue: str, prefix: str) -> Any:
@@ -50,6 +32,14 @@ async def _run(course: runtime.Course, cls: type, *args: Any, queue: str, prefix
             raise Wrong(hint) from None
         raise
     return handle, result
+
+
+def follows_the_clock(by_second: dict[int, list[str]]) -> bool:
+    """Agents picked per second (``{second: [agent of each ticket opened then]}``): one agent per second, over
+    several seconds, is a pick made from the clock. (A random pick gives a group of n tickets one agent with
+    chance 3^-(n-1): all groups at once, practically never.)"""
+    together = [agents for agents in by_second.values() if len(agents) > 1]
+    return len(by_second) > 1 and bool(together) and all(len(set(g)) == 1 for g in together)
 
 
 def _first_task_time(hist: Any) -> datetime:
@@ -147,6 +137,15 @@ async def check_deterministic_ticket(tickets: ModuleType) -> str:
             f"all {n} tickets went to {chosen[0]!r}; the agent should be picked at random: "
             f"workflow.random().choice(AGENTS). (A random pick sends {n} tickets to one agent once in "
             f"{len(agents) ** (n - 1):,} checks.)"
+        )
+    by_second: dict[int, list[str]] = {}  # the tickets whose first workflow task ran in the same second
+    for agent, hist in zip(chosen, histories, strict=True):
+        by_second.setdefault(int(_first_task_time(hist).timestamp()), []).append(agent)
+    if follows_the_clock(by_second):
+        raise Wrong(
+            "every ticket opened in the same second went to the same agent: the pick follows the workflow's clock, "
+            "not chance (these runs straddled seconds, so the agents differ only between seconds). "
+            "Pick with workflow.random().choice(AGENTS)."
         )
     per_subject: dict[str, set[str]] = {}
     for subject, agent in zip(subjects, chosen, strict=True):
@@ -369,6 +368,7 @@ __all__ = [
     "check_patched_signup",
     "check_replays_ok",
     "deprecated_patch_ids",
+    "follows_the_clock",
     "patch_ids",
     "sandbox_hint",
 ]

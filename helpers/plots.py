@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timezone
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType as E
@@ -109,9 +110,16 @@ def spans(history: WorkflowHistory) -> list[Span]:
     return out
 
 
-def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> Any:
+QUEUED_STYLE = {"color": COLORS["workflow task"], "alpha": 0.3}  # any row's color, light
+MARK_COLORS = ["#c44e52", "#dd8452", "#8172b2", "#937860"]
+
+
+def draw(
+    bars: Sequence[Span], *, title: str | None = None, ax: Any = None, marks: Mapping[str, float] | None = None
+) -> Any:
     """Draw bars as a Gantt chart: light = waiting in a queue, solid = running, hatched = earlier attempts and
-    retry waits of an activity that ran more than once."""
+    retry waits of an activity that ran more than once. ``marks``: ``{label: seconds}`` drawn as dashed vertical
+    lines (something that happened outside the history, e.g. the server was killed)."""
     import matplotlib.pyplot as plt
     from matplotlib.patches import Patch
 
@@ -128,20 +136,27 @@ def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> A
         if s.start > s.queued and s.retried:
             ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, **RETRIED_STYLE, edgecolor=color)
         elif s.start > s.queued:
-            ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, color=color, alpha=0.3)
+            ax.barh(y, s.start - s.queued, left=s.queued, height=0.5, color=color, alpha=QUEUED_STYLE["alpha"])
         width = max(s.end - s.start, end * 0.004)  # instant events stay visible
         ax.barh(y, width, left=s.start, height=0.5, color=color, edgecolor="black", linewidth=0.3)
         if s.label and s.kind != "workflow":
             ax.text(s.end + end * 0.01, y, s.label, va="center", fontsize=8)
+    mark_lines = []
+    for i, (label, at) in enumerate((marks or {}).items()):
+        color = MARK_COLORS[i % len(MARK_COLORS)]
+        mark_lines.append(ax.axvline(at, color=color, linestyle="--", linewidth=1.2, label=f"{label} ({at:.2f} s)"))
+        end = max(end, at)
     ax.set_yticks(range(len(rows)), list(reversed(rows)))
     ax.set_xlabel("seconds since the workflow started")
     ax.set_xlim(0, end * 1.12)
     kinds = [k for k in COLORS if any(s.kind == k for s in bars)]
     handles = [Patch(color=COLORS[k], label=k) for k in kinds]
+    if any(not s.retried and s.start > s.queued for s in bars):
+        handles.append(Patch(**QUEUED_STYLE, label="waiting in a queue\n(light bars)"))
     if any(s.retried and s.start > s.queued for s in bars):
         handles.append(Patch(**RETRIED_STYLE, edgecolor="#555555", label="earlier attempts /\nretry wait"))
     ax.legend(
-        handles=handles,
+        handles=handles + mark_lines,
         loc="upper left",
         bbox_to_anchor=(1.01, 1.0),
         fontsize=8,
@@ -153,10 +168,15 @@ def draw(bars: Sequence[Span], *, title: str | None = None, ax: Any = None) -> A
     return ax
 
 
-def timeline(history: WorkflowHistory, *, title: str | None = None) -> None:
-    """Plot a run's timeline and show it (``plt.show()``: no stray text output in the notebook)."""
+def timeline(history: WorkflowHistory, *, title: str | None = None, marks: Mapping[str, float] | None = None) -> None:
+    """Plot a run's timeline and show it (``plt.show()``: no stray text output in the notebook).
+
+    ``marks``: ``{label: unix time}`` (``time.time()`` when it happened), drawn as vertical lines."""
     import matplotlib.pyplot as plt
 
-    draw(spans(history), title=title or f"Timeline of {history.workflow_id}")
+    events = list(history.events)
+    t0 = events[0].event_time.ToDatetime().replace(tzinfo=timezone.utc).timestamp() if events else 0.0
+    at = {label: when - t0 for label, when in (marks or {}).items()}
+    draw(spans(history), title=title or f"Timeline of {history.workflow_id}", marks=at)
     plt.tight_layout()
     plt.show()

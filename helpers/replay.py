@@ -107,6 +107,56 @@ class NotesTable:
             last = item
         return rows
 
+    def grid(self) -> tuple[list[str], int, dict[tuple[str, int], str]]:
+        """(lines in first-seen order, number of tasks, ``{(line, task): "live" | "replaying" | "activity"}``):
+        which line ran in which workflow task, and how. Activity lines count in the task that scheduled them."""
+        order: list[str] = []
+        cells: dict[tuple[str, int], str] = {}
+        task = 0
+        for label, how, text in self.rows():
+            if label:
+                task = int(label)
+            if text not in order:
+                order.append(text)
+            cells[(text, max(task, 1))] = how
+        return order, max(task, 1), cells
+
+    def plot(self, *, title: str | None = None) -> None:
+        """A picture of replay: one column per workflow task, one row per line of code. Each task runs ``run()``
+        from the top: earlier lines again, *replaying* (hatched), then new lines *live*; activities run once."""
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch, Rectangle
+
+        order, tasks, cells = self.grid()
+        style = {
+            "live": {"facecolor": "#1a7f37"},
+            "replaying": {"facecolor": "white", "hatch": "///", "edgecolor": "#8250df"},
+            "activity": {"facecolor": "#d4a72c"},
+        }
+        names = {"live": "ran live (new)", "replaying": "replayed (catching up)", "activity": "activity ran"}
+        _, ax = plt.subplots(figsize=(2.2 + 1.1 * tasks + 0.06 * max(len(t) for t in order), 0.42 * len(order) + 1.4))
+        for (text, task), how in cells.items():
+            y = len(order) - 1 - order.index(text)
+            ax.add_patch(Rectangle((task - 0.45, y - 0.38), 0.9, 0.76, linewidth=0.8, **style[how]))
+        ax.set_xlim(0.4, tasks + 0.6)
+        ax.set_ylim(-0.6, len(order) - 0.4)
+        ax.set_xticks(range(1, tasks + 1), [f"task {t}" for t in range(1, tasks + 1)])
+        ax.set_yticks(range(len(order)), list(reversed(order)), fontsize=8)
+        ax.set_xlabel("workflow task (the worker forgets the workflow after each one)")
+        ax.tick_params(axis="x", top=True, labeltop=True, bottom=False, labelbottom=False)
+        seen = [how for how in style if how in cells.values()]
+        ax.legend(
+            handles=[Patch(**style[h], label=names[h]) for h in seen],
+            loc="upper left",
+            bbox_to_anchor=(1.01, 1.0),
+            fontsize=8,
+            frameon=False,
+        )
+        if title:
+            ax.set_title(title, fontsize=10)
+        plt.tight_layout()
+        plt.show()
+
     def lines(self, source: str | None = None, replaying: bool | None = None) -> list[str]:
         """The texts, optionally only those from ``source`` and/or with the given replaying flag."""
         return [

@@ -70,3 +70,12 @@ def test_table_and_timeline_tell_the_story(make_course, scratch):
     assert activity.label == "2 attempts" and activity.kind == "activity"
     ax = plots.draw(bars, title="t")
     assert next(t.get_text() for t in ax.get_yticklabels()) == "activity flaky"
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert "waiting in a queue\n(light bars)" in legend, "issue 7.12: the light bars had no legend entry"
+    assert "earlier attempts /\nretry wait" in legend
+
+    # A mark for something outside the history (01: the server was killed) is a labelled vertical line.
+    marked = plots.draw(bars, marks={"server killed": 0.1, "server back": 0.15})
+    labels = [t.get_text() for t in marked.get_legend().get_texts()]
+    assert "server killed (0.10 s)" in labels and "server back (0.15 s)" in labels
+    assert any(list(line.get_xdata()) == [0.1, 0.1] for line in marked.get_lines())

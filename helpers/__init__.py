@@ -1,7 +1,9 @@
 """Helpers for the hands-on Temporal course.
 
-One module per concept: ``server`` (find/start/stop the dev server), ``runtime`` (client, in-kernel workers and
-bounded runs), ``worker`` (workers, scripts and throwaway servers in their own processes, for crash demos),
+One module per concept: ``server`` (find/start/stop the dev server), ``runtime`` (client, in-kernel workers, UI
+links), ``waits`` (bounded waits that say why a run did not finish), ``errors`` (the course's errors and hints,
+importable from anywhere), ``kernel`` (``%%module`` and short error display in Jupyter), ``watchdog`` (stops an
+``async def`` activity that never awaits), ``worker`` (workers, scripts and throwaway servers in their own processes, for crash demos),
 ``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the outside world), ``replay``
 (replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts), ``build`` (learner notebooks
 from solutions), ``grade`` and ``nbval_results`` (the instructor's gradebook).

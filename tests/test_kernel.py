@@ -42,3 +42,65 @@ def test_after_setup_module_lines_match_the_cell():
     broken = "%%module lines_mod\nx = 1\ny = undefined_name\n"
     _, err = _run(setup, broken)
     assert 'lines_mod.py", line 3' in err or "line 3" in err, err
+
+
+def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_recovers(tmp_path):
+    """Issue 7.3 as a learner meets it: the server stops mid-notebook. Every cell says so in a few lines (no SDK
+    traceback, no stderr noise), a check says "could not be checked", and re-running setup brings it all back."""
+    import os
+
+    from helpers import server
+
+    port = server.free_port()
+    env = {
+        "TEMPORAL_ADDRESS": f"localhost:{port}",
+        "TEMPORAL_UI_PORT": str(server.free_port()),
+        "TEMPORAL_COURSE_DATA": str(tmp_path),
+    }
+    setup = "from helpers import runtime, server\ncourse = await runtime.start('t')"
+    module = (
+        "%%module hello_k\nfrom datetime import timedelta\nfrom temporalio import activity, workflow\n\n"
+        "@activity.defn\nasync def hi(name: str) -> str:\n    return 'hi ' + name\n\n"
+        "@workflow.defn\nclass Hi:\n    @workflow.run\n    async def run(self, name: str) -> str:\n"
+        "        return await workflow.execute_activity(hi, name, start_to_close_timeout=timedelta(seconds=5))"
+    )
+    check = (
+        "from helpers.checks import exercise\n\n@exercise('09.1')\nasync def check():\n"
+        "    assert await course.run(hello_k.Hi.run, 'x', show=False) == 'hi x'\n\nawait check()"
+    )
+    cells = [
+        setup,
+        module,
+        "await course.start_worker(workflows=[hello_k.Hi], activities=[hello_k.hi])",
+        "print(await course.run(hello_k.Hi.run, 'up', show=False))",
+        "print(server.stop(course.target))",
+        "await course.run(hello_k.Hi.run, 'down', show=False)",
+        "await course.history()",
+        check,
+        setup,
+        "print(await course.run(hello_k.Hi.run, 'back', show=False, timeout=15))",
+    ]
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        nb = nbformat.v4.new_notebook()
+        nb.cells = [nbformat.v4.new_code_cell(s) for s in cells]
+        NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True).execute()
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        server.stop(server.Target(env["TEMPORAL_ADDRESS"], "default"))
+    outs = [cell.outputs for cell in nb.cells]
+    stderr = [o.text for cell in outs for o in cell if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, stderr
+    errors = {i: "\n".join(o.traceback) for i, cell in enumerate(outs) for o in cell if o.output_type == "error"}
+    assert sorted(errors) == [5, 6], errors  # the run and the history cells, nothing else
+    for text in errors.values():
+        assert "is not answering" in text and "not a problem with your code" in text
+        assert "Traceback" not in text and "RPCError" not in text
+    verdict = outs[7][0].text
+    assert verdict.startswith("⚠️ 09.1 could not be checked: the Temporal server is not answering"), verdict
+    rerun = outs[8][0].text
+    assert "it had stopped, so the course started it again; reconnected" in rerun
+    assert "Still running from before: 1 background worker(s)" in rerun
+    assert outs[9][0].text == "hi back\n"

@@ -468,3 +468,25 @@ def test_until_waits_for_an_event_and_is_bounded(make_course, scratch):
             await replay.until(handle, "TimerStarted", timeout=2)
 
     asyncio.run(scenario())
+
+
+def test_the_replay_picture_puts_each_line_in_its_task():
+    """Issue 7.12: 02 drew no picture; the replay grid (a column per workflow task) comes from the notes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    items = [
+        replay.Note("workflow", False, "asks to charge", 3),
+        replay.Note("activity", False, "charge ran"),
+        replay.Note("workflow", True, "asks to charge", 3),
+        replay.Note("workflow", False, "asks for a timer", 9),
+        replay.Note("workflow", True, "asks to charge", 3),
+        replay.Note("workflow", True, "asks for a timer", 9),
+        replay.Note("workflow", False, "completes", 14),
+    ]
+    lines, tasks, cells = replay.NotesTable(items).grid()
+    assert lines == ["asks to charge", "charge ran", "asks for a timer", "completes"] and tasks == 3
+    assert [cells.get(("asks to charge", t)) for t in (1, 2, 3)] == ["live", "replaying", "replaying"]
+    assert cells[("charge ran", 1)] == "activity" and ("charge ran", 2) not in cells
+    assert cells[("completes", 3)] == "live"
+    replay.NotesTable(items).plot(title="t")

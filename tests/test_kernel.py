@@ -104,3 +104,29 @@ def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_rec
     assert "it had stopped, so the course started it again; reconnected" in rerun
     assert "Still running from before: 1 background worker(s)" in rerun
     assert outs[9][0].text == "hi back\n"
+
+
+def test_a_cpu_bound_activity_in_a_real_kernel_ends_in_a_verdict_and_the_kernel_lives_on():
+    """Issue 7.1 as a learner met it: the kernel hung for good (interrupts did nothing). Now the check's verdict
+    names the activity within its bound, and the next cell runs."""
+    setup = "from helpers import runtime\ncourse = await runtime.start('t', quiet=True)"
+    module = (
+        "%%module spin_k\nfrom datetime import timedelta\nfrom temporalio import activity, workflow\n\n"
+        "@activity.defn\nasync def crunch(n: int) -> int:\n    total = 0\n    while True:\n        total += n\n\n"
+        "@workflow.defn\nclass Crunch:\n    @workflow.run\n    async def run(self) -> int:\n"
+        "        return await workflow.execute_activity(crunch, 1, start_to_close_timeout=timedelta(seconds=60))"
+    )
+    check = (
+        "from helpers.checks import exercise\n\n@exercise('09.2')\nasync def check():\n"
+        "    await course.run(spin_k.Crunch.run, show=False)\n\nawait check()"
+    )
+    outs = _run(
+        setup,
+        module,
+        "await course.start_worker(workflows=[spin_k.Crunch], activities=[spin_k.crunch])",
+        check,
+        "print('still alive')",
+    )
+    assert outs[3].startswith("❌ 09.2 not right yet: activity crunch never lets the worker breathe"), outs[3]
+    assert "async def" in outs[3]
+    assert outs[4] == "still alive\n"

@@ -99,6 +99,14 @@ def _stuck_text(err: errors.WorkflowStuck) -> str:
     """A run that did not finish: name what it was still waiting for (deterministic: no times or ids)."""
     if err.no_worker:
         return "no worker ran your workflow in time; is a worker registered for it?"
+    blocked = [p for p in err.pending if p.last_failure and "ActivityBlockedLoop" in p.last_failure]
+    if blocked:
+        act = blocked[0]
+        return _with_hint(
+            f"activity {act.name} never lets the worker breathe: it ran without awaiting anything until the course "
+            "stopped it, attempt after attempt.",
+            act.last_failure or "",
+        )
     running = [p for p in err.pending if p.running]
     if running:
         act = running[0]

@@ -24,12 +24,12 @@ NEVER_RETRY = ["NotImplementedError", "IdempotencyKeyReused"]
 
 def outcome_of(err: ActivityError) -> dict[str, Any]:
     """What the workflow received, as plain data the check can read."""
-    inner = failures.innermost(err)
+    cause = err.cause or err  # what the activity raised (its own cause, if any, is one level deeper)
     return {
         "error": failures.describe(err),
         "retry_state": failures.retry_state(err),
-        "type": inner.type if isinstance(inner, ApplicationError) else type(inner).__name__,
-        "message": getattr(inner, "message", str(inner)),
+        "type": cause.type if isinstance(cause, ApplicationError) else type(cause).__name__,
+        "message": getattr(cause, "message", str(cause)),
     }
 
 

@@ -71,7 +71,8 @@ class ProgressWatcher:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        await self._sample()  # the final state
+        with contextlib.suppress(Exception):
+            await self._sample()  # the final state
         self._show()
 
     async def _poll(self) -> None:

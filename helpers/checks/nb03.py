@@ -19,10 +19,9 @@ from types import ModuleType
 from typing import Any
 
 from temporalio import activity, workflow
-from temporalio.api.enums.v1 import EventType
 from temporalio.common import RetryPolicy
 
-from helpers import backup, payments, retries, runtime, worker
+from helpers import backup, heartbeats, payments, retries, runtime, worker
 from helpers.activity_harness import AuthorizeHarness, ChargeHarness, ChecksumHarness, policy_to_data
 from helpers.checks import NotDone, Wrong, exercise, require, worker_for
 
@@ -385,19 +384,6 @@ async def _until_chunks(store: backup.BackupStore, file: str, handle: Any, timeo
         await asyncio.sleep(0.05)
 
 
-async def _heartbeat_details_at_retry(handle: Any) -> list[Any] | None:
-    """The heartbeat details the server had when the last attempt started (from its last failure), if any."""
-    from helpers.heartbeats import _details
-
-    found = None
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
-            failure = event.activity_task_started_event_attributes.last_failure
-            if failure.HasField("timeout_failure_info"):
-                found = _details(failure.timeout_failure_info.last_heartbeat_details)
-    return found
-
-
 @exercise("03.4")
 async def check_resumable_checksum(module: Any) -> str:
     checksum_file = _activity(module, "checksum_file")
@@ -422,16 +408,18 @@ async def check_resumable_checksum(module: Any) -> str:
                 id_prefix="check-checksum",
                 show=False,
             )
-            try:
-                await _until_chunks(store, file, handle, WAIT_FOR_CHUNKS_S)
-            finally:
-                proc.kill()  # mid-task, like a crash: no goodbye to the server
-            # The successor: a worker in this kernel on the same task queue.
-            await course.start_worker(activities=[checksum_file], task_queue=activity_queue)
-            try:
-                outcome = await course.result(handle, 12)
-            finally:
-                await course.stop_worker(activity_queue)
+            # What the server received from the heartbeats, as they arrive (the history does not keep details).
+            async with heartbeats.ProgressWatcher(handle, total=CHUNKS) as seen:
+                try:
+                    await _until_chunks(store, file, handle, WAIT_FOR_CHUNKS_S)
+                finally:
+                    proc.kill()  # mid-task, like a crash: no goodbye to the server
+                # The successor: a worker in this kernel on the same task queue.
+                await course.start_worker(activities=[checksum_file], task_queue=activity_queue)
+                try:
+                    outcome = await course.result(handle, 12)
+                finally:
+                    await course.stop_worker(activity_queue)
     finally:
         proc.kill()
     _not_done_or_raise(outcome)
@@ -447,8 +435,7 @@ async def check_resumable_checksum(module: Any) -> str:
     if not later:
         raise Wrong("no second attempt ran after the worker was killed; did checksum_file finish too early?")
     if later[0].chunk == 0:
-        details = await _heartbeat_details_at_retry(handle)
-        if details:
+        if any(beat.details for beat in seen.heartbeats if beat.attempt == 1):
             raise Wrong(
                 "after the crash the next attempt started again at chunk 0, although the server had its heartbeat "
                 "details: read activity.info().heartbeat_details at the start and continue after that chunk."

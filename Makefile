@@ -10,6 +10,8 @@ STAMP  := $(VENV)/.installed
 # Loads helpers.kernel in every kernel of this venv: %%module and short errors exist before the setup cell runs.
 KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py
 JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+# Test workers: notebooks mostly wait (on timers, activities, the server), so twice the cores keeps them busy.
+TEST_JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) * 2 )))
 # Strict nbval over solutions/: stored outputs are the reference, tests/nbval.cfg masks ids, ports and times.
 NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nbval-cell-timeout 60
 # JupyterLab refuses to run as root unless told; containers and CI run as root.
@@ -46,7 +48,7 @@ lab: setup server-start ## Start (or reuse) the Temporal server and open the cou
 test: setup ## Lint, then test helpers, solutions (strict nbval) and learner notebooks
 	$(BIN)/ruff check helpers tests conftest.py
 	$(BIN)/ruff format --check helpers tests conftest.py
-	$(PY) -m pytest tests solutions $(NBVAL)
+	$(PY) -m pytest -n $(TEST_JOBS) tests solutions $(NBVAL)
 
 lint: setup ## ruff check + format check
 	$(BIN)/ruff check helpers tests conftest.py

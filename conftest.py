@@ -50,13 +50,43 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def dev_server() -> server.DevServer:
-    dev = _STATE.get("server")
-    if not isinstance(dev, server.DevServer):
-        pytest.skip("the session server runs in the xdist controller")
-    return dev
-
-
-@pytest.fixture(scope="session")
-def target() -> server.Target:
+def dev_server() -> server.Target:
+    """The session's dev server (started by this process, or by the xdist controller for its workers)."""
     return server.target()
+
+
+# --------------------------------------------------------------------------- running in parallel (pytest-xdist)
+# `make test` runs the suite on several workers. Whatever shares a kernel (nbval: a notebook's cells) or an
+# expensive module fixture (the grader's class) must stay on one worker, everything else is spread test by test,
+# and the longest work starts first so that no worker is left alone with a long notebook at the end.
+# (xdist's `--dist loadgroup` would do the grouping with marks, but with pytest 9 its node-id suffix no longer
+# takes: a scheduler of our own decides the groups instead.)
+
+KEEP_TOGETHER = (".ipynb", "test_grade.py")
+
+
+def _cost(item: pytest.Item) -> int:
+    path = Path(str(item.fspath))
+    if path.name == "test_notebooks.py":
+        return 3 if "twice" in item.name else 2 if "learner" in item.name else 0
+    if path.suffix == ".ipynb" or path.name in KEEP_TOGETHER:
+        return 2
+    return 0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    items.sort(key=lambda item: -_cost(item))  # stable: the order within a notebook (and a cost) is kept
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    from xdist.scheduler import LoadScopeScheduling
+
+    class CourseScheduling(LoadScopeScheduling):
+        """Load scheduling by scope: a notebook (or test_grade.py) is one scope, any other test its own."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return path if path.endswith(KEEP_TOGETHER) else nodeid
+
+    config.option.loadscopereorder = False  # keep the collection's longest-first order
+    return CourseScheduling(config, log)

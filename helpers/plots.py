@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timezone
 from typing import Any
 
@@ -107,6 +107,22 @@ def spans(history: WorkflowHistory) -> list[Span]:
             if init:
                 kind = "child" if et == E.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_COMPLETED else "failed"
                 out.append(Span(f"child {a.workflow_type.name}", kind, t(init), t(started or init), t(e)))
+    return _side_by_side(out)
+
+
+def _side_by_side(bars: list[Span]) -> list[Span]:
+    """Activities of one type that overlap in time (a fan-out) get a row each, ``activity fetch #2`` and so on;
+    calls one after another keep sharing one row. (Bars come in the order they ended.)"""
+    lanes: dict[str, list[float]] = {}  # row -> the end of the last bar in each of its lanes
+    out = []
+    for bar in bars:
+        if not bar.row.startswith("activity "):
+            out.append(bar)
+            continue
+        ends = lanes.setdefault(bar.row, [])
+        lane = next((i for i, end in enumerate(ends) if end <= bar.queued), len(ends))
+        ends[lane : lane + 1] = [bar.end]
+        out.append(replace(bar, row=f"{bar.row} #{lane + 1}") if lane else bar)
     return out
 
 

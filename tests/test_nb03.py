@@ -338,6 +338,8 @@ ALTERNATIVE_B = dict(  # milliseconds, a generous maximum_attempts
         ({"retry_policy": _policy(maximum_interval=timedelta(seconds=0.1))}, "failed", "the SDK rejects this"),
         ({"start_to_close": timedelta(seconds=5)}, "failed", "(did you mean 'start_to_close_timeout'?)"),
         ({"schedule_to_start_timeout": timedelta(seconds=5)}, "failed", "leave schedule_to_start_timeout out"),
+        ({"retries": 3}, "failed", "'retries' is not an option of workflow.execute_activity: use the names"),
+        ({"task_queue": "rates", "summary": "fetch rates"}, "passed", "a hung call is cut off after 5 s"),
     ],
 )
 def test_nb03_fetch_rates_options(change, status, hint, capsys):

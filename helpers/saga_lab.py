@@ -264,6 +264,7 @@ def timeline_figure(
 # --------------------------------------------------------------------------- the failure matrix
 
 NO_FAILURE = "no failure"
+MATRIX_TIMEOUT_S = 30.0
 COLUMNS = ("workflow", "stock held", "paid", "shipment")
 
 
@@ -378,9 +379,10 @@ async def failure_matrix(
     steps: Sequence[str] = ORDER_STEPS,
     kinds: Sequence[str] = KINDS,
     task_queue: str | None = None,
-    timeout: float = runtime.RESULT_TIMEOUT_S,
+    timeout: float = MATRIX_TIMEOUT_S,
 ) -> FailureMatrix:
-    """Run every saga once per failure point (and once without a failure), all at the same time."""
+    """Run every saga once per failure point (and once without a failure), all at the same time (``timeout``:
+    for each run; generous, because on a busy machine 20 runs at once take longer than one)."""
     scenarios = [(None, None), *((s, k) for s in steps for k in kinds)]
 
     async def one(saga: type, step: str | None, kind: str | None) -> SagaRun:

@@ -262,6 +262,7 @@ class ShopWorld:
         db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         try:
             db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # a demo world: survive a crashed process, not a power cut
             yield db
         finally:
             db.close()
@@ -293,22 +294,19 @@ class ShopWorld:
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO faults VALUES (?, ?, ?, ?, ?)", (target, action, kind, remaining, wait))
 
-    def _take_fault(self, target: str, action: str) -> Fault | None:
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT kind, remaining, delay FROM faults WHERE target = ? AND action = ?", (target, action)
-            ).fetchone()
-            if row is None:
-                return None
-            kind, remaining, delay = row
-            if remaining is not None:
-                if remaining <= 1:
-                    db.execute("DELETE FROM faults WHERE target = ? AND action = ?", (target, action))
-                else:
-                    db.execute(
-                        "UPDATE faults SET remaining = remaining - 1 WHERE target = ? AND action = ?", (target, action)
-                    )
-            return Fault(kind, delay)
+    @staticmethod
+    def _take_fault(db: sqlite3.Connection, target: str, action: str) -> Fault | None:
+        row = db.execute(
+            "SELECT kind, remaining, delay FROM faults WHERE target = ? AND action = ?", (target, action)
+        ).fetchone()
+        if row is None:
+            return None
+        kind, remaining, delay = row
+        if remaining is not None and remaining <= 1:
+            db.execute("DELETE FROM faults WHERE target = ? AND action = ?", (target, action))
+        elif remaining is not None:
+            db.execute("UPDATE faults SET remaining = remaining - 1 WHERE target = ? AND action = ?", (target, action))
+        return Fault(kind, delay)
 
     @staticmethod
     def _record(db: sqlite3.Connection, target: str, action: str, outcome: str) -> None:
@@ -318,28 +316,33 @@ class ShopWorld:
         )
 
     async def _call(self, target: str, action: str, effect: Callable[[sqlite3.Connection], str]) -> str:
-        """One call of a service: maybe a fault, else the effect and its record in one transaction."""
-        fault = self._take_fault(target, action)
-        if fault is not None and fault.kind == TRANSIENT:
-            with self._transaction() as db:
-                self._record(db, target, action, "failed: service unavailable")
-            raise ConnectionError(f"{action}: the service is unavailable, try again")
-        if fault is not None and fault.kind == PERMANENT:
-            reason = REJECTIONS.get(action, "rejected")
-            with self._transaction() as db:
-                self._record(db, target, action, f"rejected: {reason}")
-            raise ApplicationError(reason, type="Rejected", non_retryable=True)
+        """One call of a service, in one transaction: maybe a fault, else the effect; and its record."""
         await asyncio.sleep(LATENCY_S)
-        try:
-            with self._transaction() as db:
-                outcome = effect(db)
-                late = {TIMEOUT: " · then its answer was lost", SLOW: " · answered late"}
-                self._record(db, target, action, outcome + (late.get(fault.kind, "") if fault else ""))
-        except ApplicationError as err:  # the service itself said no (e.g. a refund larger than the charge)
-            with self._transaction() as db:
-                self._record(db, target, action, f"rejected: {err.message}")
-            raise
-        if fault is not None and fault.kind in (TIMEOUT, SLOW):
+        error: BaseException | None = None
+        with self._transaction() as db:
+            fault = self._take_fault(db, target, action)
+            kind = fault.kind if fault is not None else None
+            if kind == TRANSIENT:
+                self._record(db, target, action, "failed: service unavailable")
+                error = ConnectionError(f"{action}: the service is unavailable, try again")
+            elif kind == PERMANENT:
+                reason = REJECTIONS.get(action, "rejected")
+                self._record(db, target, action, f"rejected: {reason}")
+                error = ApplicationError(reason, type="Rejected", non_retryable=True)
+            else:
+                db.execute("SAVEPOINT effect")
+                try:
+                    outcome = effect(db)
+                except ApplicationError as err:  # the service itself said no (e.g. a refund larger than the charge)
+                    db.execute("ROLLBACK TO effect")
+                    self._record(db, target, action, f"rejected: {err.message}")
+                    error = err
+                else:
+                    late = {TIMEOUT: " · then its answer was lost", SLOW: " · answered late"}
+                    self._record(db, target, action, outcome + late.get(kind or "", ""))
+        if error is not None:
+            raise error
+        if fault is not None and kind in (TIMEOUT, SLOW):
             await asyncio.sleep(fault.delay)
         return outcome
 

@@ -3,12 +3,17 @@
 One module per concept: ``server`` (find/start/stop the dev server), ``runtime`` (client, in-kernel workers, UI
 links), ``waits`` (bounded waits that say why a run did not finish), ``errors`` (the course's errors and hints,
 importable from anywhere), ``kernel`` (``%%module`` and short error display in Jupyter), ``watchdog`` (stops an
-``async def`` activity that never awaits), ``worker`` (workers, scripts and throwaway servers in their own processes, for crash demos),
-``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the outside world), ``replay``
-(replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts), ``build`` (learner notebooks
-from solutions), ``grade`` and ``nbval_results`` (the instructor's gradebook). Notebook 04's: ``shop_world`` (a
-shop and a travel agency in SQLite, with injected failures), ``saga_lab`` (saga runs, their timeline, the failure
-matrix), ``activity_probe`` (runs one activity as a compensation, for checks).
+``async def`` activity that never awaits), ``worker`` (workers, scripts and throwaway servers in their own
+processes, for crash demos), ``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the
+outside world), ``replay`` (replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts),
+``build`` (learner notebooks from solutions), ``grade`` and ``nbval_results`` (the instructor's gradebook). Notebook
+04's: ``shop_world`` (a shop and a travel agency in SQLite, with injected failures), ``saga_lab`` (saga runs, their
+timeline, the failure matrix), ``activity_probe`` (runs one activity as a compensation, for checks). Notebook 03's:
+``payments`` (a payment provider in SQLite with idempotency keys, a card gateway that fails by card), ``backup`` (a
+storage service that logs every chunk), ``failures`` (what a workflow receives from a failed activity, in one line),
+``timeouts`` (the four timeouts drawn), ``retries`` (backoff formula, real attempts plotted, explorer),
+``heartbeats`` (progress read from the server, a resume drawn), ``activity_harness`` (workflows that drive a
+learner's activity, for checks).
 """
 
 __all__ = ["__version__"]

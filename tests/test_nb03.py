@@ -16,14 +16,12 @@ from datetime import timedelta
 from pathlib import Path
 
 import matplotlib
-import nbformat
 import pytest
-from nbclient import NotebookClient
-from support import run_check, solution
+from support import graded_run, run_check, solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
-from helpers import backup, build, checks, failures, heartbeats, payments, retries, server, timeouts
+from helpers import backup, failures, heartbeats, payments, retries, server, timeouts
 from helpers.checks import nb03
 
 matplotlib.use("Agg")
@@ -599,20 +597,11 @@ def test_graded_cells_pass_on_a_server_without_the_course_settings(plain_server,
     """A workshop's cluster may round short timers up to 1 s and wait 1 s per continue-as-new: every check still
     passes there. (Only the graded cells: the demo cells are what the grader skips.)"""
     monkeypatch.setenv("TEMPORAL_ADDRESS", plain_server.address)
-    nb = nbformat.read(NB03.path, as_version=4)
-    nb.cells = [c for c in nb.cells if "demo" not in c.metadata.get("tags", [])]
-    client = NotebookClient(
-        nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(build.SOLUTIONS)}}
-    )
-    client.execute()
-    lines = {}
-    for cell in (c for c in nb.cells if c.cell_type == "code"):
-        if (ex := build.exercise_of(cell)) is not None:
-            text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
-            lines[ex] = checks.parse(text.strip())
-        errors = [o for o in cell.outputs if o.get("output_type") == "error" or o.get("name") == "stderr"]
-        assert not errors, (cell.id, errors)
-    setup = next(c for c in nb.cells if c.id == "setup")
+    cells, verdicts = graded_run(NB03.path)
+    for cell in (c for c in cells if c.cell_type == "code"):
+        noise = [o for o in cell.outputs if o.get("output_type") == "error" or o.get("name") == "stderr"]
+        assert not noise, (cell.id, noise)
+    setup = next(c for c in cells if c.id == "setup")
     assert str(plain_server.port) in "".join(o.get("text", "") for o in setup.outputs)  # it ran there
-    assert sorted(lines) == ["03.1", "03.2", "03.3", "03.4"]
-    assert all(v is not None and v.status == "passed" for v in lines.values()), lines
+    assert sorted(verdicts) == ["03.1", "03.2", "03.3", "03.4"]
+    assert all(v is not None and v.status == "passed" for v in verdicts.values()), verdicts

@@ -46,21 +46,6 @@ def attempts_shown(policy: RetryPolicy, limit: int = UNLIMITED_SHOWN) -> int:
     return policy.maximum_attempts if 0 < policy.maximum_attempts <= limit else limit
 
 
-def attempts_within(policy: RetryPolicy, budget: timedelta, attempt_seconds: float = 0.0) -> int:
-    """How many attempts start within ``budget`` (each taking ``attempt_seconds`` before it fails)."""
-    limit = policy.maximum_attempts or 10_000
-    elapsed, n = 0.0, 0
-    cap = maximum_interval(policy).total_seconds()
-    wait = policy.initial_interval.total_seconds()
-    while n < limit and elapsed < budget.total_seconds():
-        n += 1
-        elapsed += attempt_seconds + min(wait, cap)
-        wait *= policy.backoff_coefficient
-        if wait <= 0 and n > 1000:  # a zero interval retries as fast as it can; stop counting
-            break
-    return n
-
-
 def fmt(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds / 3600:.3g} h"

@@ -21,7 +21,7 @@ from support import graded_run, run_check, solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
-from helpers import backup, failures, heartbeats, payments, retries, server, timeouts
+from helpers import backup, build, failures, heartbeats, payments, retries, server, timeouts
 from helpers.checks import nb03
 
 matplotlib.use("Agg")
@@ -37,6 +37,20 @@ def swap_region(source: str, new: str) -> str:
     indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
     body = [indent + line if line else line for line in textwrap.dedent(new).strip("\n").split("\n")]
     return "\n".join(lines[:begin] + body + lines[end + 1 :])
+
+
+def stored_verdict(ex_id: str) -> str:
+    """The verdict line the solution notebook stores for ``ex_id``: the grader compares a learner's check output with
+    it strictly, so every right answer must print exactly this line."""
+    cell = next(c for c in NB03.cells.values() if build.exercise_of(c) == ex_id)
+    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream").strip()
+
+
+def assert_verdict(verdict, ex_id: str, status: str, hint: str) -> None:
+    assert (verdict.exercise, verdict.status) == (ex_id, status), verdict
+    assert hint in verdict.message, verdict.message
+    if status == "passed":
+        assert verdict.line() == stored_verdict(ex_id)
 
 
 def exercise_module(scratch: Path, cell_id: str, variant: str, variants: dict[str, str], *, edit=None):
@@ -142,7 +156,6 @@ def test_backoff_formula_and_schedule_text():
     default = repr(retries.schedule(RetryPolicy()))
     assert "forever" in default and "100 s" in default and default.count("\n") == 13
     assert retries.maximum_interval(RetryPolicy()) == timedelta(seconds=100)
-    assert retries.attempts_within(policy, timedelta(seconds=30)) == 6
     assert "maximum_attempts=unlimited" in retries.describe(RetryPolicy())
 
 
@@ -273,9 +286,7 @@ def test_nb03_idempotent_charge(variant, status, hint, make_course, scratch, cap
         await make_course("03")
         await nb03.check_idempotent_charge(module)
 
-    verdict = run_check(scenario, capsys=capsys)
-    assert (verdict.exercise, verdict.status) == ("03.1", status), verdict
-    assert hint in verdict.message, verdict.message
+    assert_verdict(run_check(scenario, capsys=capsys), "03.1", status, hint)
 
 
 def test_nb03_idempotent_charge_needs_the_module(make_course, scratch, capsys):
@@ -320,9 +331,9 @@ ALTERNATIVE_B = dict(  # milliseconds, a generous maximum_attempts
 @pytest.mark.parametrize(
     ("change", "status", "hint"),
     [
-        ({}, "passed", "a hung call is cut off after 5 s"),
-        (ALTERNATIVE_A, "passed", "gives up after 20 s"),
-        (ALTERNATIVE_B, "passed", "a hung call is cut off after 3 s"),
+        ({}, "passed", "a hung call is retried within 10 s"),
+        (ALTERNATIVE_A, "passed", "a hung call is retried within 10 s"),
+        (ALTERNATIVE_B, "passed", "a hung call is retried within 10 s"),
         (..., "not_done", "fill in FETCH_RATES"),
         ({"start_to_close_timeout": timedelta(seconds=2)}, "failed", "is not longer than a healthy call (2 s)"),
         ({"start_to_close_timeout": timedelta(seconds=30)}, "failed", "must be retried within 10 s"),
@@ -337,7 +348,7 @@ ALTERNATIVE_B = dict(  # milliseconds, a generous maximum_attempts
         ({"start_to_close": timedelta(seconds=5)}, "failed", "(did you mean 'start_to_close_timeout'?)"),
         ({"schedule_to_start_timeout": timedelta(seconds=5)}, "failed", "leave schedule_to_start_timeout out"),
         ({"retries": 3}, "failed", "'retries' is not an option of workflow.execute_activity: use the names"),
-        ({"task_queue": "rates", "summary": "fetch rates"}, "passed", "a hung call is cut off after 5 s"),
+        ({"task_queue": "rates", "summary": "fetch rates"}, "passed", "a hung call is retried within 10 s"),
     ],
 )
 def test_nb03_fetch_rates_options(change, status, hint, capsys):
@@ -347,9 +358,7 @@ def test_nb03_fetch_rates_options(change, status, hint, capsys):
         options = change
     else:
         options = {k: v for k, v in {**_solution_options(), **change}.items() if v is not None}
-    verdict = run_check(nb03.check_fetch_rates_options, options, capsys=capsys)
-    assert (verdict.exercise, verdict.status) == ("03.2", status), verdict
-    assert hint in verdict.message, verdict.message
+    assert_verdict(run_check(nb03.check_fetch_rates_options, options, capsys=capsys), "03.2", status, hint)
 
 
 def test_nb03_fetch_rates_stub_is_not_done(capsys):
@@ -464,9 +473,7 @@ def test_nb03_error_classification(variant, status, hint, make_course, scratch, 
         await make_course("03")
         await nb03.check_error_classification(module)
 
-    verdict = run_check(scenario, capsys=capsys)
-    assert (verdict.exercise, verdict.status) == ("03.3", status), verdict
-    assert hint in verdict.message, verdict.message
+    assert_verdict(run_check(scenario, capsys=capsys), "03.3", status, hint)
 
 
 # --------------------------------------------------------------------------- 03.4 a long task that resumes
@@ -549,9 +556,7 @@ def test_nb03_resumable_checksum(variant, status, hint, make_course, scratch, ca
         await make_course("03")
         await nb03.check_resumable_checksum(module)
 
-    verdict = run_check(scenario, capsys=capsys)
-    assert (verdict.exercise, verdict.status) == ("03.4", status), verdict
-    assert hint in verdict.message, verdict.message
+    assert_verdict(run_check(scenario, capsys=capsys), "03.4", status, hint)
 
 
 # --------------------------------------------------------------------------- on a server as Temporal ships it
@@ -604,4 +609,4 @@ def test_graded_cells_pass_on_a_server_without_the_course_settings(plain_server,
     setup = next(c for c in cells if c.id == "setup")
     assert str(plain_server.port) in "".join(o.get("text", "") for o in setup.outputs)  # it ran there
     assert sorted(verdicts) == ["03.1", "03.2", "03.3", "03.4"]
-    assert all(v is not None and v.status == "passed" for v in verdicts.values()), verdicts
+    assert all(v is not None and v.line() == stored_verdict(ex) for ex, v in verdicts.items()), verdicts

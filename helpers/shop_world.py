@@ -285,12 +285,13 @@ class ShopWorld:
         """Make the next calls of ``action`` for ``target`` (an order or trip id) fail the ``kind`` way.
 
         ``times``: how many calls it affects (``None``: all of them; default: one for transient and slow, all for
-        permanent and timeout). ``delay``: how long a timeout or slow call holds back its answer.
+        permanent and timeout). ``delay``: how long a timeout or slow call holds back its answer (defaults
+        :data:`HANG_S`, :data:`SLOW_S`), or how long a transient or permanent one takes to say no (default 0).
         """
         if kind not in DEFAULT_TIMES:
             raise ValueError(f"kind must be one of {', '.join(DEFAULT_TIMES)}, not {kind!r}")
         remaining = DEFAULT_TIMES[kind] if times == "default" else times
-        wait = delay if delay is not None else (SLOW_S if kind == SLOW else HANG_S)
+        wait = delay if delay is not None else {TIMEOUT: HANG_S, SLOW: SLOW_S}.get(kind, 0.0)
         with self._transaction() as db:
             db.execute("INSERT OR REPLACE INTO faults VALUES (?, ?, ?, ?, ?)", (target, action, kind, remaining, wait))
 
@@ -316,35 +317,46 @@ class ShopWorld:
         )
 
     async def _call(self, target: str, action: str, effect: Callable[[sqlite3.Connection], str]) -> str:
-        """One call of a service, in one transaction: maybe a fault, else the effect; and its record."""
+        """One call of a service: maybe a fault, else the effect; and its record, in one transaction (two when a
+        failing service takes its time to say no)."""
         await asyncio.sleep(LATENCY_S)
-        error: BaseException | None = None
         with self._transaction() as db:
             fault = self._take_fault(db, target, action)
             kind = fault.kind if fault is not None else None
-            if kind == TRANSIENT:
-                self._record(db, target, action, "failed: service unavailable")
-                error = ConnectionError(f"{action}: the service is unavailable, try again")
-            elif kind == PERMANENT:
-                reason = REJECTIONS.get(action, "rejected")
-                self._record(db, target, action, f"rejected: {reason}")
-                error = ApplicationError(reason, type="Rejected", non_retryable=True)
-            else:
-                db.execute("SAVEPOINT effect")
-                try:
-                    outcome = effect(db)
-                except ApplicationError as err:  # the service itself said no (e.g. a refund larger than the charge)
-                    db.execute("ROLLBACK TO effect")
-                    self._record(db, target, action, f"rejected: {err.message}")
-                    error = err
-                else:
-                    late = {TIMEOUT: " · then its answer was lost", SLOW: " · answered late"}
-                    self._record(db, target, action, outcome + late.get(kind or "", ""))
+            slow_no = fault is not None and kind in (TRANSIENT, PERMANENT) and fault.delay > 0
+            if not slow_no:
+                error, outcome = self._apply(db, target, action, kind, effect)
+        if fault is not None and slow_no:
+            await asyncio.sleep(fault.delay)
+            with self._transaction() as db:
+                error, outcome = self._apply(db, target, action, kind, effect)
         if error is not None:
             raise error
         if fault is not None and kind in (TIMEOUT, SLOW):
-            await asyncio.sleep(fault.delay)
+            await asyncio.sleep(fault.delay)  # the effect happened; the answer comes late, or never
         return outcome
+
+    def _apply(
+        self, db: sqlite3.Connection, target: str, action: str, kind: str | None, effect: Callable[..., str]
+    ) -> tuple[BaseException | None, str]:
+        """Fail the ``kind`` way, or make the effect; record what happened. Returns (error to raise, outcome)."""
+        if kind == TRANSIENT:
+            self._record(db, target, action, "failed: service unavailable")
+            return ConnectionError(f"{action}: the service is unavailable, try again"), ""
+        if kind == PERMANENT:
+            reason = REJECTIONS.get(action, "rejected")
+            self._record(db, target, action, f"rejected: {reason}")
+            return ApplicationError(reason, type="Rejected", non_retryable=True), ""
+        db.execute("SAVEPOINT effect")
+        try:
+            outcome = effect(db)
+        except ApplicationError as err:  # the service itself said no (e.g. a refund larger than the charge)
+            db.execute("ROLLBACK TO effect")
+            self._record(db, target, action, f"rejected: {err.message}")
+            return err, ""
+        late = {TIMEOUT: " · then its answer was lost", SLOW: " · answered late"}
+        self._record(db, target, action, outcome + late.get(kind or "", ""))
+        return None, outcome
 
     # ---- the shop's services ----------------------------------------------------------------------------------
     async def reserve_stock(self, order_id: str, sku: str, qty: int) -> str:

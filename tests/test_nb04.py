@@ -363,6 +363,10 @@ TRIP_SWALLOWS = solution_body("ex1-code").replace(
     """raise ApplicationError(f"trip {trip['id']} not booked: {err}", type="TripFailed", non_retryable=True)""",
     'return "sorry, not booked"',
 )
+TRIP_PLAIN_RAISE = solution_body("ex1-code").replace(
+    """raise ApplicationError(f"trip {trip['id']} not booked: {err}", type="TripFailed", non_retryable=True)""",
+    'raise RuntimeError("trip not booked")',
+)
 TRIP_ALL_UP_FRONT = """
     compensations = [cancel_flight, cancel_hotel, cancel_car]  # all of them, before anything runs
     try:
@@ -373,7 +377,7 @@ TRIP_ALL_UP_FRONT = """
             await workflow.execute_activity(cancel, trip, **UNDO)
         raise
 """
-for _wrong in (TRIP_FIFO, TRIP_SWALLOWS):
+for _wrong in (TRIP_FIFO, TRIP_SWALLOWS, TRIP_PLAIN_RAISE):
     assert _wrong != solution_body("ex1-code")  # the solution changed: update the edit
 TRIP_NO_RETRIES = solution_body("ex1-code").replace(
     "await workflow.execute_activity(book, trip, **STEP)",
@@ -402,6 +406,7 @@ def trip_module(scratch: Path, variant: str):
             "swallows": (TRIP_SWALLOWS, ""),
             "all-up-front": (TRIP_ALL_UP_FRONT, ""),
             "no-undo": (TRIP_NO_UNDO, ""),
+            "plain-raise": (TRIP_PLAIN_RAISE, ""),
             "no-retries": (TRIP_NO_RETRIES, ""),
         }
         body, prelude = bodies[variant]
@@ -432,6 +437,7 @@ def trip_module(scratch: Path, variant: str):
         ("swallows", "failed", "book_car failed for good, yet the workflow completed"),
         ("all-up-front", "failed", "yet cancel_car and cancel_hotel ran, although book_car and book_hotel never"),
         ("no-undo", "failed", "nothing was undone: the flight and the hotel are still booked"),
+        ("plain-raise", "failed", "your workflow raised RuntimeError: trip not booked (trip_saga.py line"),
         ("no-retries", "failed", "a transient failure is Temporal's to retry"),
     ],
 )

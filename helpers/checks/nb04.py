@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from helpers import runtime, saga_lab
+from helpers import errors, runtime, saga_lab
 from helpers.activity_probe import ActivityProbe
 from helpers.checks import NotDone, Wrong, exercise, worker_for
 from helpers.shop_world import COMPENSATION_OF, PERMANENT, TIMEOUT, TRANSIENT, TRIP_KINDS, ShopWorld
@@ -82,9 +82,24 @@ async def run_trips(saga: type, travel: ModuleType, scenarios: Sequence[TripScen
 
     async with worker_for([saga], activities, purpose="trips") as queue:
         outcomes = await asyncio.gather(*(one(s, queue) for s in scenarios), return_exceptions=True)
-    if errors := [o for o in outcomes if isinstance(o, BaseException)]:
-        raise errors[0]
+    if failures := [o for o in outcomes if isinstance(o, BaseException)]:
+        raise _plain_exception(failures[0])
     return {s.name: o for s, o in zip(scenarios, outcomes, strict=True)}  # type: ignore[misc]
+
+
+# Exceptions that are slips in the code, not a deliberate way of failing the trip.
+SLIPS = ("NotImplementedError", "NameError", "AttributeError", "TypeError", "SyntaxError", "KeyError", "ImportError")
+
+
+def _plain_exception(err: BaseException) -> BaseException:
+    """A saga that fails the trip by raising a plain Python exception gets told how a workflow fails."""
+    if isinstance(err, errors.WorkflowTaskFailed) and not err.failure.startswith(SLIPS):
+        return Wrong(
+            f"your workflow raised {err.failure}. A plain Python exception does not fail a workflow: it fails the "
+            "workflow *task*, which Temporal retries forever. To end the trip as failed, raise "
+            "ApplicationError(..., non_retryable=True), or re-raise the ActivityError you caught."
+        )
+    return err
 
 
 def undo_order(run: saga_lab.SagaRun) -> list[str]:

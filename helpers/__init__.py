@@ -6,7 +6,8 @@ importable from anywhere), ``kernel`` (``%%module`` and short error display in J
 ``async def`` activity that never awaits), ``worker`` (workers, scripts and throwaway servers in their own
 processes, for crash demos), ``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the
 outside world), ``replay`` (replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts),
-``build`` (learner notebooks from solutions), ``grade`` and ``nbval_results`` (the instructor's gradebook). Notebook
+``contract`` (the notebook contract), ``build`` (learner notebooks from solutions), the package ``grading`` (the
+instructor's gradebook; ``grade`` is its command). Notebook
 04's: ``shop_world`` (a shop and a travel agency in SQLite, with injected failures), ``saga_lab`` (saga runs, their
 timeline, the failure matrix), ``activity_probe`` (runs one activity as a compensation, for checks). Notebook 03's:
 ``payments`` (a payment provider in SQLite with idempotency keys, a card gateway that fails by card), ``backup`` (a

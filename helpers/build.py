@@ -3,7 +3,7 @@
 ``python -m helpers.build notebooks``  regenerates ``notebooks/`` from ``solutions/`` (``make notebooks``).
 ``python -m helpers.build execute [NN …]``  re-executes solutions in place (``make solutions``).
 
-The contract (see README, "For course authors"):
+The contract (its facts live in ``helpers.contract``; README, "For course authors", tells authors):
 
 * A solution's exercise part sits between ``### BEGIN SOLUTION`` and ``### END SOLUTION``, preceded in the
   same cell by ``# TODO(NN.k): <what to do>``. Inside a function the region becomes
@@ -31,15 +31,9 @@ from typing import Any
 
 import nbformat
 
-ROOT = Path(__file__).resolve().parent.parent
-SOLUTIONS = ROOT / "solutions"
-NOTEBOOKS = ROOT / "notebooks"
-
-BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
-END = re.compile(r"^\s*### END SOLUTION\s*$")
-TODO = re.compile(r"#\s*TODO\((\d\d\.\d+)\):\s*(.+?)\s*$")
-EX_TAG = re.compile(r"^ex-(\d\d\.\d+)$")
-KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+from helpers import contract
+from helpers.contract import BEGIN, END, NOTEBOOKS, ROOT, SOLUTIONS, TODO
+from helpers.contract import check_exercise as exercise_of  # the name the tests and checks use
 
 
 class BuildError(ValueError):
@@ -117,18 +111,10 @@ def stub_source(source: str, where: str) -> tuple[str, list[Region]]:
 # --------------------------------------------------------------------------- notebooks
 
 
-def exercise_of(cell: Any) -> str | None:
-    """The ``NN.k`` of a check cell (tags ``check`` + ``ex-NN.k``), else None."""
-    tags = cell.get("metadata", {}).get("tags", [])
-    if "check" not in tags:
-        return None
-    return next((m[1] for t in tags if (m := EX_TAG.match(t))), None)
-
-
 def normalize(nb: Any) -> Any:
     """Tidy JSON: kernelspec python3, minimal language_info, cell metadata = tags (+ locks), no timings."""
-    nb.metadata = {"kernelspec": dict(KERNELSPEC), "language_info": {"name": "python"}}
-    nb.nbformat, nb.nbformat_minor = 4, 5
+    nb.metadata = contract.notebook_metadata()
+    nb.nbformat, nb.nbformat_minor = contract.NBFORMAT, contract.NBFORMAT_MINOR
     for cell in nb.cells:
         meta = {k: v for k, v in cell.metadata.items() if k in ("tags", "editable", "deletable")}
         cell.metadata = meta
@@ -142,8 +128,7 @@ def learner_copy(solution: Any, name: str) -> Any:
     check_ids: list[str] = []
     cells = []
     for cell in nb.cells:
-        tags = cell.metadata.get("tags", [])
-        if "solution-only" in tags:
+        if contract.SOLUTION_ONLY in contract.tags(cell):
             continue
         if not cell.get("id"):
             raise BuildError(f"{name}: every cell needs an id (nbformat 4.5)")
@@ -181,7 +166,7 @@ def build_notebooks(src: Path = SOLUTIONS, dst: Path = NOTEBOOKS) -> list[Path]:
     dst.mkdir(parents=True, exist_ok=True)
     written = []
     names = set()
-    for path in sorted(src.glob("[0-9][0-9]_*.ipynb")):
+    for path in contract.discover(src):
         nb = nbformat.read(path, as_version=4)
         learner = learner_copy(nb, path.name)
         nbformat.validate(learner)
@@ -191,7 +176,7 @@ def build_notebooks(src: Path = SOLUTIONS, dst: Path = NOTEBOOKS) -> list[Path]:
             target.write_text(text)
         written.append(target)
         names.add(path.name)
-    for stale in dst.glob("[0-9][0-9]_*.ipynb"):
+    for stale in contract.discover(dst):
         if stale.name not in names:
             stale.unlink()
     return written
@@ -227,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
             for path in build_notebooks():
                 print(f"wrote {path.relative_to(ROOT)}")
         else:
-            chosen = sorted(SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
+            chosen = contract.discover(SOLUTIONS)
             if args.which:
                 chosen = [p for p in chosen if any(p.name.startswith(w) or str(p).endswith(w) for w in args.which)]
             execute(chosen)

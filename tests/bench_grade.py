@@ -23,10 +23,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from helpers import build, grade, server
+from helpers import build, server
+from helpers.grading import references, run
 
 
-def make_class(root: Path, learners: int, refs: list[grade.Reference]) -> dict[tuple[str, str], int]:
+def make_class(root: Path, learners: int, refs: list[references.Reference]) -> dict[tuple[str, str], int]:
     """Write ``root/<learner>/<NN_topic>.ipynb``; return the expected points per (learner, notebook)."""
     expected = {}
     for n in range(learners):
@@ -62,7 +63,7 @@ def main() -> int:
     parser.add_argument("--keep", action="store_true", help="keep the class and gradebooks")
     args = parser.parse_args()
 
-    refs = grade.load_references()
+    refs = references.load_references()
     if args.notebook:
         refs = [r for r in refs if r.prefix in args.notebook]
     base = Path(tempfile.mkdtemp(prefix="grade-bench-"))
@@ -81,7 +82,7 @@ def main() -> int:
         for jobs in args.jobs:
             out = base / f"out-jobs{jobs}"
             t0 = time.monotonic()
-            book = grade.grade(subs, out, jobs=jobs, only_notebooks=[r.prefix for r in refs], quiet=True)
+            book = run.grade(subs, out, jobs=jobs, only_notebooks=[r.prefix for r in refs], quiet=True)
             times[jobs] = time.monotonic() - t0
             got: dict[tuple[str, str], int] = {}
             for row in book.rows:

@@ -20,7 +20,22 @@ from typing import Any
 import psutil
 import pytest
 
-from helpers import build, grade, nbval_results
+from helpers import build, contract
+from helpers.grading import (
+    cli,
+    course_files,
+    gradebook,
+    isolation,
+    nbval_plugin,
+    nbval_run,
+    notebook,
+    references,
+    review,
+    run,
+    submissions,
+    watch,
+)
+from helpers.grading import graded_copy as copies
 
 NB = "00_welcome"
 CELL_TIMEOUT = 4.0
@@ -35,7 +50,7 @@ def _load(path: Path) -> dict[str, Any]:
 
 SOLUTION = _load(build.SOLUTIONS / f"{NB}.ipynb")
 LEARNER = _load(build.NOTEBOOKS / f"{NB}.ipynb")
-REF = next(r for r in grade.load_references() if r.name == NB)
+REF = next(r for r in references.load_references() if r.name == NB)
 EXERCISES = [ex.id for ex in REF.exercises]
 
 
@@ -242,12 +257,12 @@ def graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[str, An
     (base / "elsewhere").mkdir()
     (subs / "linked").symlink_to(base / "elsewhere")
     before = fingerprint(subs)
-    settings = grade.Settings(
+    settings = notebook.Settings(
         cell_timeout=CELL_TIMEOUT, notebook_timeout=60, source=fake_repo, watch=(fake_repo,), watch_environment=False
     )
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(grade, "_new_key", lambda: KEY)
-        book = grade.grade(subs, out, jobs=2, only_notebooks=["00"], settings=settings, quiet=True)
+        mp.setattr(nbval_run, "new_key", lambda: KEY)
+        book = run.grade(subs, out, jobs=2, only_notebooks=["00"], settings=settings, quiet=True)
     rows = {(r.learner, r.exercise): r for r in book.rows}
     return {
         "book": book,
@@ -362,12 +377,12 @@ def test_a_notebook_cannot_forge_or_replay_its_results(graded):
     for ex in EXERCISES:
         row = graded["rows"][("forger", ex)]
         assert (row.status, row.points) == ("error", 0)
-        assert row.message.startswith(grade.TAMPERED)
+        assert row.message.startswith(notebook.TAMPERED)
     saw = json.loads((graded["base"] / "forger-saw.json").read_text())
     assert saw["environ"] and saw["cmdline"]  # it could read its parent's environment and command line…
     everything = json.dumps(saw)
     assert KEY.hex() not in everything and "results-" not in everything  # …but neither the key nor the file name
-    assert grade.HANDSHAKE_VAR not in saw["env"] and "key" not in saw["stdin"]
+    assert nbval_plugin.HANDSHAKE_VAR not in saw["env"] and "key" not in saw["stdin"]
 
 
 def test_processes_a_notebook_detaches_are_stopped(graded):
@@ -378,7 +393,7 @@ def test_processes_a_notebook_detaches_are_stopped(graded):
 
 
 def _log(graded: dict[str, Any], learner: str) -> str:
-    path = graded["out"] / "logs" / grade.learner_slug(learner) / f"{NB}.txt"
+    path = graded["out"] / "logs" / submissions.learner_slug(learner) / f"{NB}.txt"
     return path.read_text()[:3000] if path.exists() else "(no log)"
 
 
@@ -401,9 +416,9 @@ def test_gradebook_files(graded):
     out = graded["out"]
     with open(out / "grades.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:7] == list(grade.FIELDS)
+    assert list(rows[0])[:7] == list(gradebook.FIELDS)
     assert len(rows) == LEARNERS * len(EXERCISES)
-    assert {r["status"] for r in rows} <= set(grade.STATUSES)
+    assert {r["status"] for r in rows} <= set(gradebook.STATUSES)
     with open(out / "summary.csv", newline="", encoding="utf-8") as f:
         summary = {r["learner"]: r for r in csv.DictReader(f)}
     assert summary["correct"][NB] == summary["correct"]["total"] == str(len(EXERCISES))
@@ -422,8 +437,8 @@ def test_regrading_one_learner_replaces_only_their_rows(graded, tmp_path):
     shutil.copytree(graded["out"], out)
     subs = tmp_path / "subs"
     write_class(subs, {"corrupt": LEARNER, "correct": b"ignored: not regraded"})
-    book = grade.grade(
-        subs, out, jobs=1, only_learners=["corrupt"], only_notebooks=["00"], settings=grade.Settings(), quiet=True
+    book = run.grade(
+        subs, out, jobs=1, only_learners=["corrupt"], only_notebooks=["00"], settings=notebook.Settings(), quiet=True
     )
     rows = {(r.learner, r.exercise): r.status for r in book.rows}
     assert {rows[("corrupt", ex)] for ex in EXERCISES} == {"not_done"}
@@ -438,7 +453,7 @@ def test_regrading_one_learner_replaces_only_their_rows(graded, tmp_path):
 
 def test_graded_copy_restores_check_cells_and_clears_learner_outputs():
     tampered = _with_source(SOLUTION, _check_id("00.1"), "print('✅ 00.1 passed: trust me')")
-    copy_ = grade.graded_copy(tampered, REF)
+    copy_ = copies.graded_copy(tampered, REF)
     checks = [c for c in copy_.notebook["cells"] if "check" in c.get("metadata", {}).get("tags", [])]
     assert [c["source"] for c in checks] == [_source(SOLUTION, _check_id(ex)) for ex in EXERCISES]
     assert all(c["execution_count"] is not None and c["outputs"] for c in checks)
@@ -454,7 +469,7 @@ def test_graded_copy_restores_check_cells_and_clears_learner_outputs():
 def test_graded_copy_puts_a_lost_check_below_the_exercise_cell():
     nb = copy.deepcopy(LEARNER)
     nb["cells"] = [c for c in nb["cells"] if c.get("id") != _check_id("00.1")]
-    cells = grade.graded_copy(nb, REF).notebook["cells"]
+    cells = copies.graded_copy(nb, REF).notebook["cells"]
     ids = [c["id"] for c in cells]
     assert ids[ids.index(_work_id("00.1")) + 1] == "check-00-1"
 
@@ -471,8 +486,8 @@ def test_graded_copy_puts_a_lost_check_below_the_exercise_cell():
 def test_read_submission_explains_bad_files(tmp_path, content, words):
     path = tmp_path / "x.ipynb"
     path.write_bytes(content)
-    with pytest.raises(grade.SubmissionError, match=words):
-        grade.read_submission(path)
+    with pytest.raises(submissions.SubmissionError, match=words):
+        submissions.read_submission(path)
 
 
 def test_cli_usage_and_a_class_with_nothing_handed_in(tmp_path, dev_server):
@@ -498,7 +513,7 @@ def _signed(key: bytes, records: list[dict[str, Any]]) -> list[bytes]:
     lines = []
     for n, rec in enumerate(records):
         payload = json.dumps({**rec, "seq": n}, sort_keys=True).encode()
-        lines.append(nbval_results.sign(key, payload).encode() + b" " + payload)
+        lines.append(nbval_plugin.sign(key, payload).encode() + b" " + payload)
     return lines
 
 
@@ -508,11 +523,11 @@ def test_read_records_accepts_the_plugins_lines_and_rejects_forged_ones(tmp_path
     check = {"cell_id": "check-00-1", "when": "call", "ok": False}
     good = _signed(key, [cell, check, {"finished": True}])
     path.write_bytes(b"\n".join(good) + b"\n")
-    records, order, finished, tampered = grade.read_records(path, key)
+    records, order, finished, tampered = nbval_run.read_records(path, key)
     assert (order, finished, tampered) == (["work", "check-00-1"], True, None)
     assert records["work"]["ok"] is True
     path.write_bytes(b"\n".join(good[:2]) + b"\n" + good[2][:20])  # a run killed in the middle of a line
-    assert grade.read_records(path, key)[2:] == (False, None)
+    assert nbval_run.read_records(path, key)[2:] == (False, None)
 
     forged = json.dumps({**check, "ok": True, "seq": 1}).encode()
     cases = {
@@ -524,13 +539,13 @@ def test_read_records_accepts_the_plugins_lines_and_rejects_forged_ones(tmp_path
     cases["not signed "] = _signed(bytes(range(32)), [cell, {**check, "ok": True}])  # another run's key
     for words, lines in cases.items():
         path.write_bytes(b"\n".join(lines) + b"\n")
-        tampered = grade.read_records(path, key)[3]
+        tampered = nbval_run.read_records(path, key)[3]
         assert tampered and words.strip() in tampered, (words, tampered)
 
 
 def test_kernel_environment_has_no_secret_and_no_results_path(tmp_path):
-    env = grade.kernel_env({"COURSE_GRADE_RESULTS": "/x", "PATH": "/bin"}, tmp_path / "home", tmp_path / "lib", "t")
-    assert "COURSE_GRADE_RESULTS" not in env and env[grade.HANDSHAKE_VAR] == "stdin"
+    env = isolation.kernel_env({"COURSE_GRADE_RESULTS": "/x", "PATH": "/bin"}, tmp_path / "home", tmp_path / "lib", "t")
+    assert "COURSE_GRADE_RESULTS" not in env and env[nbval_plugin.HANDSHAKE_VAR] == "stdin"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONPATH"] == str(tmp_path / "lib")
 
 
@@ -541,7 +556,7 @@ def test_course_files_are_a_snapshot_and_edits_to_a_copy_are_seen(tmp_path):
     (src / "helpers" / "__init__.py").write_text("X = 1\n")
     (src / "helpers" / "checks" / "__init__.py").write_text("Y = 1\n")
     (src / "tests" / "nbval.cfg").write_text("regex: a\nreplace: b\n")
-    course = grade.CourseFiles(src)
+    course = course_files.CourseFiles(src)
     (src / "helpers" / "__init__.py").write_text("X = 2\n")  # changed after the snapshot: not copied
     lib = tmp_path / "lib"
     written = course.write(lib)
@@ -565,12 +580,12 @@ def test_repo_watch_notices_an_edit_that_restores_size_and_mtime(tmp_path):
     target.write_text("ok = 1\n")
     st = target.stat()
     alarms: list[str] = []
-    watch = grade.RepoWatch([tmp_path], on_alarm=alarms.append)
+    watcher = watch.RepoWatch([tmp_path], on_alarm=alarms.append)
     time.sleep(0.05)
-    with watch.running_as("ada/00") as during, watch.running_as("bob/00") as beside:
+    with watcher.running_as("ada/00") as during, watcher.running_as("bob/00") as beside:
         target.write_text("ok = 2\n")
         os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
-    with watch.running_as("cy/00") as later:
+    with watcher.running_as("cy/00") as later:
         pass
     assert "checks.py" in during[0] and "checks.py" in beside[0]  # both ran while it changed
     assert "graded after" in later[0] and len(alarms) == 1 and "ada/00" in alarms[0]
@@ -604,42 +619,57 @@ def test_repo_watch_notices_an_edit_that_restores_size_and_mtime(tmp_path):
     ],
 )
 def test_review_flags_learner_code_that_could_fool_the_checks(source, label):
-    assert label in grade.review_flags(source, REF.protected, REF.modules)
+    assert label in review.review_flags(source, REF.protected, REF.modules)
 
 
 def test_review_flags_stay_quiet_on_the_courses_own_code():
-    refs = {r.name: r for r in grade.load_references()}
+    refs = {r.name: r for r in references.load_references()}
     for folder in (build.SOLUTIONS, build.NOTEBOOKS):
         for path in sorted(folder.glob("[0-9][0-9]_*.ipynb")):
             ref = refs[path.stem]
             for cell in _load(path)["cells"]:
-                if cell["cell_type"] == "code" and grade.check_exercise(cell) is None:
+                if cell["cell_type"] == "code" and contract.check_exercise(cell) is None:
                     src = "".join(cell["source"])
-                    assert grade.review_flags(src, ref.protected, ref.modules) == [], (path.name, cell.get("id"))
+                    assert review.review_flags(src, ref.protected, ref.modules) == [], (path.name, cell.get("id"))
     ordinary = (
         "names = ['Ada']\nfor n in names:\n    print(n, globals().get('X'))\nawait course.run(team.GreetTeam.run)"
     )
-    assert grade.review_flags(ordinary, REF.protected, REF.modules) == []
+    assert review.review_flags(ordinary, REF.protected, REF.modules) == []
+
+
+def test_review_flags_know_local_names_and_common_attribute_names():
+    modules = {"meter", "runtime"}
+    # A parameter or local variable named like a module is not the module (notebook 05's MeterReader).
+    local = "def run(meter):\n    meter.readings += 1\n\ndef g():\n    runtime = object()\n    runtime.x = 1\n"
+    assert review.review_flags(local, (), modules) == []
+    assert review.review_flags("sizes = {r.number: r.events for r in runs}", (), modules) == []
+    # The same assignments to the module itself are still noted: at top level, in a function, through `global`.
+    assert "assigns to meter.readings" in review.review_flags("meter.readings = 0", (), modules)
+    assert "assigns to runtime.current" in review.review_flags("def f():\n    runtime.current = None", (), modules)
+    declared = "def f():\n    global runtime\n    runtime = 1\n    runtime.current = None"
+    assert "assigns to runtime.current" in review.review_flags(declared, (), modules)
+    hook = "ip = get_ipython()\nip.events.register('post_run_cell', print)"
+    assert "IPython internals (.events)" in review.review_flags(hook, (), modules)
 
 
 def test_graded_copy_notes_the_stealthy_rebinding(tmp_path):
     sneaky = "import types\n_ok = chr(0x2705)\nnb00 = types.SimpleNamespace()\n"
     nb = _after(LEARNER, "setup", _code("sneaky", sneaky))
-    notes = " | ".join(grade.graded_copy(nb, REF).notes)
+    notes = " | ".join(copies.graded_copy(nb, REF).notes)
     assert "review cell 'sneaky'" in notes and "rebinds nb00" in notes and "verdict symbols" in notes
 
 
 def test_report_files_keep_learners_apart_and_are_safe_to_open(tmp_path):
-    def row(learner: str, message: str) -> grade.Row:
-        return grade.Row(learner, NB, "00.1", 0, 1, "failed", message)
+    def row(learner: str, message: str) -> gradebook.Row:
+        return gradebook.Row(learner, NB, "00.1", 0, 1, "failed", message)
 
-    book = grade.Gradebook(
+    book = gradebook.Gradebook(
         rows=[row("a b", '=HYPERLINK("http://x")'), row("a_b", "x | y"), row("Ada", "-1"), row("ada", "ok")],
         notes={"a b/00_welcome": ["a | note"]},
         notebooks=[(NB, 1)],
         meta={"graded_at": "now", "cell_timeout": 60, "warnings": ["careful | now"]},
     )
-    grade.write_gradebook(tmp_path, book, logs={(r.learner, NB): r.learner for r in book.rows})
+    gradebook.write_gradebook(tmp_path, book, logs={(r.learner, NB): r.learner for r in book.rows})
     assert sorted(p.read_text() for p in (tmp_path / "logs").rglob("*.txt")) == ["Ada", "a b", "a_b", "ada"]
     assert len({p.parent.name.lower() for p in (tmp_path / "logs").rglob("*.txt")}) == 4  # even on a case-blind disk
     page = (tmp_path / "report.html").read_text(encoding="utf-8")
@@ -661,7 +691,7 @@ def test_out_must_be_a_writable_folder_and_is_checked_before_grading(tmp_path, c
     (tmp_path / "subs" / "ada").mkdir(parents=True)
     (tmp_path / "out").write_text("a file")
     started = time.monotonic()
-    code = grade.main([str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--jobs", "1"])
+    code = cli.main([str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--jobs", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "is a file" in err and err.count("\n") == 1, err
     assert time.monotonic() - started < 5  # before the server, the snapshot or any notebook
@@ -677,7 +707,7 @@ def test_a_regrade_refuses_to_merge_into_an_unreadable_gradebook(tmp_path, capsy
             (out / "gradebook.json").unlink()
         else:
             (out / "gradebook.json").write_text(content)
-        code = grade.main([str(tmp_path / "subs"), "--out", str(out), "--learner", "ada", "--notebook", "00"])
+        code = cli.main([str(tmp_path / "subs"), "--out", str(out), "--learner", "ada", "--notebook", "00"])
         err = capsys.readouterr().err
         assert code == 2 and "gradebook.json" in err and "would be lost" in err, err
         assert (out / "grades.csv").read_text() == "everyone's grades\n"
@@ -706,6 +736,6 @@ def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_
         ("b-killer", "error"),
         ("c-later", "error"),
     }
-    assert all(msg == grade.INTERRUPTED for learner, _, msg in rows if learner != "a-first")
+    assert all(msg == notebook.INTERRUPTED for learner, _, msg in rows if learner != "a-first")
     assert "Grading was interrupted" in (out / "report.md").read_text(encoding="utf-8")
     assert not [p for p in psutil.process_iter(["cmdline"]) if sleep in (p.info["cmdline"] or [])]

@@ -1,10 +1,10 @@
 """pytest plugin the grader loads into each nbval run: one signed JSON line per notebook cell, written as it happens.
 
-``python -m helpers.grade`` runs ``pytest -p helpers.nbval_results --nbval …`` on a graded copy of a learner's
-notebook. For every cell item it appends what the grader needs: the cell id (the grader gave every cell of the
-graded copy a unique id, so nbval's "Cell N" names do not matter), whether the cell passed nbval's comparison, the
-error text, whether the cell hit the timeout, and the text the cell printed (capped). Lines are flushed one by one,
-so a run killed half-way still leaves the cells it finished.
+The grader (``helpers.grading.nbval_run``) runs ``pytest -p helpers.grading.nbval_plugin --nbval …`` on a graded
+copy of a learner's notebook. For every cell item it appends what the grader needs: the cell id (the grader gave
+every cell of the graded copy a unique id, so nbval's "Cell N" names do not matter), whether the cell passed nbval's
+comparison, the error text, whether the cell hit the timeout, and the text the cell printed (capped). Lines are
+flushed one by one, so a run killed half-way still leaves the cells it finished.
 
 The learner's kernel is a child of this pytest process and could write to the same file, so the grader hands this
 process a per-run secret key and the file's path on **stdin** (one JSON line, read at import; never in the

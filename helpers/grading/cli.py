@@ -34,10 +34,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--notebook-timeout", type=float, default=NOTEBOOK_TIMEOUT_S, help="seconds per notebook, re-runs included"
     )
+    parser.add_argument("--run-demos", action="store_true", help="also run the demo cells (graded the same)")
     parser.add_argument("--keep-temp", action="store_true", help="keep the graded copies (for debugging the grader)")
     args = parser.parse_args(argv)
     settings = Settings(
-        cell_timeout=args.cell_timeout, notebook_timeout=args.notebook_timeout, keep_temp=args.keep_temp
+        cell_timeout=args.cell_timeout,
+        notebook_timeout=args.notebook_timeout,
+        skip_demos=not args.run_demos,
+        keep_temp=args.keep_temp,
     )
     previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the running notebooks too, like Ctrl-C
     try:

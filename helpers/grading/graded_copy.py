@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from helpers import contract
@@ -30,11 +30,16 @@ class GradedCopy:
     notebook: dict[str, Any]
     roles: dict[str, Role]  # graded cell id -> role
     notes: list[str]
+    demos: list[str] = field(default_factory=list)  # the learner's untouched demo cells, left out
 
 
-def graded_copy(submission: Mapping[str, Any], ref: Reference, skip: Iterable[str] = ()) -> GradedCopy:
+def graded_copy(
+    submission: Mapping[str, Any], ref: Reference, skip: Iterable[str] = (), skip_demos: bool = True
+) -> GradedCopy:
     """Learner cells (outputs cleared) with every check cell restored from the solution. ``skip``: graded ids
-    to tag ``nbval-skip`` (cells that timed out in an earlier run)."""
+    to tag ``nbval-skip`` (cells that timed out in an earlier run). ``skip_demos``: leave out the learner's cells
+    that are the solution's ``demo`` cells, untouched (same id, same code as the solution or the learner template;
+    a demo cell the learner edited runs: their code may be in it)."""
     notes: list[str] = []
     items: list[dict[str, Any]] = []  # learner cells, then placeholders for checks
     for n, raw in enumerate(submission.get("cells", [])):
@@ -108,7 +113,11 @@ def graded_copy(submission: Mapping[str, Any], ref: Reference, skip: Iterable[st
     cells: list[dict[str, Any]] = []
     roles: dict[str, Role] = {}
     used: set[str] = set()
+    demos: list[str] = []
     for it in items:
+        if skip_demos and "check" not in it and _untouched_demo(it["orig"], it["cell"], ref):
+            demos.append(it["orig"])
+            continue
         if "check" in it:
             ex = by_ex[it["check"]]
             cell = copy.deepcopy(ex.check)
@@ -152,7 +161,12 @@ def graded_copy(submission: Mapping[str, Any], ref: Reference, skip: Iterable[st
         "nbformat": contract.NBFORMAT,
         "nbformat_minor": contract.NBFORMAT_MINOR,
     }
-    return GradedCopy(nb, roles, notes)
+    return GradedCopy(nb, roles, notes, demos)
+
+
+def _untouched_demo(orig: str | None, cell: Mapping[str, Any], ref: Reference) -> bool:
+    sources = ref.demos.get(orig or "")
+    return bool(sources) and cell.get("cell_type") == "code" and normalized(contract.source(cell)) in sources
 
 
 def _unique(base: str, used: set[str]) -> str:

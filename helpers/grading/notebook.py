@@ -38,6 +38,7 @@ class Settings:
     cell_timeout: float = CELL_TIMEOUT_S
     notebook_timeout: float = NOTEBOOK_TIMEOUT_S
     max_runs: int = MAX_RUNS
+    skip_demos: bool = True  # leave out the learner's untouched `demo` cells (no check depends on them)
     keep_temp: bool = False
     source: Path = contract.ROOT  # the course whose helpers/ and tests/nbval.cfg the kernels get (copied once)
     watch: tuple[Path, ...] = field(default_factory=lambda: (contract.ROOT, *package_dirs()))  # recursively
@@ -153,10 +154,11 @@ def grade_submission(
         skip: dict[str, str] = {}  # graded cell id -> what happened to it
         tainted: set[str] = set()  # cells that ran after a hang nobody could re-run around
         run: RunResult | None = None
-        result.notes += graded_copy(submission, ref).notes
-        logs = []
+        first = graded_copy(submission, ref, skip_demos=settings.skip_demos)
+        result.notes += first.notes
+        logs = [f"left out {len(first.demos)} untouched demo cell(s): {', '.join(first.demos)}"] if first.demos else []
         while not isolation.STOPPING.is_set():
-            graded = graded_copy(submission, ref, skip)
+            graded = graded_copy(submission, ref, skip, settings.skip_demos)
             lib = work_root / f"lib-{result.runs + 1}"  # a fresh copy for every run
             written = course.write(lib)
             cells = sum(1 for c in graded.notebook["cells"] if c["cell_type"] == "code")

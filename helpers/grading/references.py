@@ -7,7 +7,8 @@ from __future__ import annotations
 import copy
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ class Reference:
     known_sources: frozenset[str]  # normalized sources of solution and learner-template code cells
     protected: frozenset[str] = frozenset()  # names the check cells call through (nb00)
     modules: frozenset[str] = frozenset()  # what the solution imports or defines with %%module, and `course`
+    # Cells the solution tags `demo` (nothing a check needs depends on them): cell id -> their normalized sources
+    # in the solution and the learner template. A learner's cell with that id and one of those sources is skipped.
+    demos: Mapping[str, frozenset[str]] = field(default_factory=dict, hash=False)
+    problem: str | None = None  # why this solution cannot be the reference (then the grader refuses to grade it)
 
     @property
     def prefix(self) -> str:
@@ -50,6 +55,17 @@ def _code_sources(cells: list[dict[str, Any]]) -> set[str]:
     return {normalized(contract.source(c)) for c in cells if c.get("cell_type") == "code"}
 
 
+def _unexecuted(path: Path, exercises: list[Exercise]) -> str | None:
+    """A check cell without a stored output is compared with nothing: nbval would pass every learner."""
+    bare = [ex.id for ex in exercises if ex.check.get("execution_count") is None or not ex.check.get("outputs")]
+    if not bare:
+        return None
+    return (
+        f"solutions/{path.name}: the check cell of {', '.join(bare)} has no stored output, so strict nbval would "
+        f"compare nothing and pass every learner. Re-execute the solution first: make solutions NB={path.name[:2]}"
+    )
+
+
 def load_references(solutions: Path = contract.SOLUTIONS, learner_dir: Path | None = None) -> list[Reference]:
     """Every ``solutions/NN_*.ipynb`` with its check cells, read once (later changes on disk do not matter)."""
     from helpers import build
@@ -61,12 +77,17 @@ def load_references(solutions: Path = contract.SOLUTIONS, learner_dir: Path | No
         known = _code_sources(cells)
         template = (learner_dir or contract.NOTEBOOKS) / path.name
         if template.exists():
-            known |= _code_sources(json.loads(template.read_text(encoding="utf-8")).get("cells", []))
+            tcells = json.loads(template.read_text(encoding="utf-8")).get("cells", [])
         else:  # no generated copy yet: derive it
             import nbformat
 
-            learner = build.learner_copy(nbformat.from_dict(copy.deepcopy(nb)), path.name)
-            known |= _code_sources(learner.cells)
+            tcells = build.learner_copy(nbformat.from_dict(copy.deepcopy(nb)), path.name).cells
+        known |= _code_sources(tcells)
+        demos = {
+            c["id"]: frozenset(normalized(contract.source(t)) for t in (c, *tcells) if t.get("id") == c["id"])
+            for c in cells
+            if contract.is_demo(c) and c.get("id")
+        }
         exercises = []
         for i, cell in enumerate(cells):
             ex = contract.check_exercise(cell)
@@ -86,5 +107,8 @@ def load_references(solutions: Path = contract.SOLUTIONS, learner_dir: Path | No
             elif c.get("cell_type") == "code" and (tree := parse_cell(contract.source(c))) is not None:
                 names |= imported_names(tree, top_level_only=True)
         protected = check_names(ex.check for ex in exercises)
-        refs.append(Reference(path.stem, tuple(exercises), frozenset(known), protected, frozenset(names)))
+        problem = _unexecuted(path, exercises)
+        refs.append(
+            Reference(path.stem, tuple(exercises), frozenset(known), protected, frozenset(names), demos, problem)
+        )
     return refs

@@ -116,6 +116,8 @@ def grade(
         refs = [r for r in refs if any(r.name.startswith(n) or r.prefix == n for n in only_notebooks)]
     if not refs:
         raise SystemExit(f"error: no solution notebooks matched in {solutions}")
+    if problems := [r.problem for r in refs if r.problem]:
+        raise UsageError("error: " + "\nerror: ".join(problems))
     people = learners(submissions)
     if only_learners:
         people = [p for p in people if p.name in only_learners]

@@ -1,0 +1,84 @@
+"""The grader leaves out cells tagged ``demo`` (demonstrations no check depends on): every solution still gets full
+marks without them, and an untouched learner notebook still gets "not done" with a hint for every exercise."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import contract
+from helpers.grading import graded_copy, references, run
+
+REFS = {r.name: r for r in references.load_references()}
+WELCOME = REFS["00_welcome"]
+
+
+def _load(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _ids(nb: dict[str, Any]) -> list[str]:
+    return [c["id"] for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def test_every_notebook_tags_its_demonstrations():
+    """Each solution marks its demonstrations, and none of them is an exercise or a check cell."""
+    for ref in REFS.values():
+        assert ref.demos, f"{ref.name} has no cell tagged demo"
+        exercise_cells = {cid for ex in ref.exercises for cid in (*ex.work_ids, ex.check["id"])}
+        assert not set(ref.demos) & exercise_cells, ref.name
+
+
+def test_untouched_demo_cells_are_left_out_and_edited_ones_run():
+    solution = _load(contract.SOLUTIONS / "00_welcome.ipynb")
+    demos = set(WELCOME.demos)
+    kept = graded_copy.graded_copy(solution, WELCOME)
+    assert set(kept.demos) == demos and not demos & set(_ids(kept.notebook))
+    assert set(_ids(graded_copy.graded_copy(solution, WELCOME, skip_demos=False).notebook)) >= demos
+
+    learner = _load(contract.NOTEBOOKS / "00_welcome.ipynb")  # the learner template's demo cells: left out too
+    assert set(graded_copy.graded_copy(learner, WELCOME).demos) == demos
+
+    edited = copy.deepcopy(solution)
+    run_cell = next(c for c in edited["cells"] if c.get("id") == "run")
+    run_cell["source"] = "greeting = await course.run(hello.SayHello.run, 'Grace')\nHELPER = 42\n"
+    setup = next(c for c in edited["cells"] if c.get("id") == "setup")
+    setup["metadata"] = {"tags": ["demo"]}  # a learner's tag does not make a cell a demo
+    graded = graded_copy.graded_copy(edited, WELCOME)
+    assert "run" in _ids(graded.notebook) and "setup" in _ids(graded.notebook)
+    assert set(graded.demos) == demos - {"run"}
+
+
+@pytest.fixture(scope="module")
+def class_graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[tuple[str, str], Any]:
+    """One learner hands in every solution, one every untouched learner notebook."""
+    base = tmp_path_factory.mktemp("demos")
+    for learner, folder in (("solution", contract.SOLUTIONS), ("untouched", contract.NOTEBOOKS)):
+        (base / "subs" / learner).mkdir(parents=True)
+        for path in contract.discover(folder):
+            shutil.copy(path, base / "subs" / learner / path.name)
+    book = run.grade(base / "subs", base / "out", jobs=2, quiet=True)
+    logs = {p.relative_to(base / "out" / "logs").as_posix(): p.read_text() for p in (base / "out").rglob("*.txt")}
+    return {"rows": {(r.learner, r.notebook, r.exercise): r for r in book.rows}, "logs": logs}
+
+
+def test_every_solution_gets_full_marks_with_its_demo_cells_left_out(class_graded):
+    for ref in REFS.values():
+        for ex in ref.exercises:
+            row = class_graded["rows"][("solution", ref.name, ex.id)]
+            assert (row.status, row.points) == ("passed", ex.points), row
+        log = class_graded["logs"][f"solution/{ref.name}.txt"]
+        assert f"left out {len(ref.demos)} untouched demo cell(s)" in log, ref.name
+
+
+def test_untouched_notebooks_say_not_done_without_their_demo_cells(class_graded):
+    for ref in REFS.values():
+        for ex in ref.exercises:
+            row = class_graded["rows"][("untouched", ref.name, ex.id)]
+            assert (row.status, row.points) == ("not_done", 0), row
+            assert len(row.message) > 10

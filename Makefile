@@ -17,7 +17,7 @@ NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nb
 # JupyterLab refuses to run as root unless told; containers and CI run as root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 
-.PHONY: help setup lab test test-fast lint format notebooks solutions server-start server-stop server-status grade lock clean
+.PHONY: help setup lab test test-fast lint format notebooks solutions server-start server-stop server-status grade grade-worker check lock clean
 
 help: ## Show the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -77,6 +77,12 @@ grade: setup ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers [LEARNE
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n] [LEARNER=name] [NB=NN]"; exit 2; }
 	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS) \
 	  $(if $(LEARNER),--learner "$(LEARNER)") $(foreach n,$(NB),--notebook $(n))
+
+grade-worker: setup ## Help grade: join the grading runs of these course files at TEMPORAL_ADDRESS with JOBS slots
+	$(PY) -m helpers.grading.worker --jobs $(JOBS)
+
+check: setup ## Grade your own notebooks/ like the instructor's grader: how far are you? [NB=NN]
+	@$(PY) -m helpers.grading.check $(foreach n,$(NB),--notebook $(n))
 
 lock: ## Re-resolve requirements-lock.txt in a scratch venv (after changing requirements.txt)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q -r requirements.txt

@@ -14,13 +14,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
+from grading_support import private_server
 
-from helpers import build, contract
+from helpers import build, contract, server
 from helpers.grading import (
     cli,
     course_files,
@@ -240,8 +242,15 @@ def fingerprint(root: Path) -> dict[str, tuple[str, int]]:
     }
 
 
+@pytest.fixture(scope="module", autouse=True)
+def grading_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[server.DevServer]:
+    """A server of this module's own (see tests/grading_support.py)."""
+    with private_server(tmp_path_factory.mktemp("server")) as dev:
+        yield dev
+
+
 @pytest.fixture(scope="module")
-def graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[str, Any]:
+def graded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     base = tmp_path_factory.mktemp("grading")
     subs, out, fake_repo = base / "submissions", base / "out", base / "repo"
     # A copy of the course the grader takes helpers/ and tests/nbval.cfg from (and watches), for notebooks to attack.
@@ -490,10 +499,11 @@ def test_read_submission_explains_bad_files(tmp_path, content, words):
         submissions.read_submission(path)
 
 
-def test_cli_usage_and_a_class_with_nothing_handed_in(tmp_path, dev_server):
+def test_cli_usage_and_a_class_with_nothing_handed_in(tmp_path):
     (tmp_path / "subs" / "ada").mkdir(parents=True)
+    cmd = [sys.executable, "-m", "helpers.grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--jobs", "1"]
     done = subprocess.run(
-        [sys.executable, "-m", "helpers.grade", str(tmp_path / "subs"), "--out", str(tmp_path / "out"), "--jobs", "1"],
+        [*cmd, "--notebook", "00", "--notebook", "01"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -721,7 +731,7 @@ os.kill(grader, signal.SIGTERM)
 """
 
 
-def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_path, dev_server):
+def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_path):
     subs, out, sleep = tmp_path / "subs", tmp_path / "out", SLEEP + "1"
     killer = _after(SOLUTION, "setup", _code("kill", KILL_GRADER.format(sleep=sleep)))
     write_class(subs, {"a-first": SOLUTION, "b-killer": killer, "c-later": SOLUTION})

@@ -6,10 +6,12 @@ from __future__ import annotations
 import copy
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from grading_support import private_server
 
 from helpers import contract
 from helpers.grading import graded_copy, references, run
@@ -55,16 +57,17 @@ def test_untouched_demo_cells_are_left_out_and_edited_ones_run():
 
 
 @pytest.fixture(scope="module")
-def class_graded(tmp_path_factory: pytest.TempPathFactory, dev_server) -> dict[tuple[str, str], Any]:
-    """One learner hands in every solution, one every untouched learner notebook."""
+def class_graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """One learner hands in every solution, one every untouched learner notebook (on a server of its own)."""
     base = tmp_path_factory.mktemp("demos")
     for learner, folder in (("solution", contract.SOLUTIONS), ("untouched", contract.NOTEBOOKS)):
         (base / "subs" / learner).mkdir(parents=True)
         for path in contract.discover(folder):
             shutil.copy(path, base / "subs" / learner / path.name)
-    book = run.grade(base / "subs", base / "out", jobs=2, quiet=True)
+    with private_server(base / "server"):
+        book = run.grade(base / "subs", base / "out", jobs=2, quiet=True)
     logs = {p.relative_to(base / "out" / "logs").as_posix(): p.read_text() for p in (base / "out").rglob("*.txt")}
-    return {"rows": {(r.learner, r.notebook, r.exercise): r for r in book.rows}, "logs": logs}
+    yield {"rows": {(r.learner, r.notebook, r.exercise): r for r in book.rows}, "logs": logs}
 
 
 def test_every_solution_gets_full_marks_with_its_demo_cells_left_out(class_graded):

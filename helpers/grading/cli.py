@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from helpers import server
 from helpers.grading.gradebook import UsageError
 from helpers.grading.notebook import CELL_TIMEOUT_S, INTERRUPTED, NOTEBOOK_TIMEOUT_S, Settings
 from helpers.grading.run import GradingInterrupted, grade
-
-
-def _interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +20,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("submissions", type=Path, help="folder with one folder per learner")
     parser.add_argument("--out", type=Path, default=Path("grading-out"), help="gradebook folder (default: %(default)s)")
-    parser.add_argument("--jobs", type=int, default=0, help="notebooks graded at once (default: number of cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="notebooks graded at once in this process (default: "
+                        "number of cores; 0: none, workers started with make grade-worker grade them)")  # fmt: skip
     parser.add_argument("--learner", action="append", default=[], help="grade only this learner (repeatable); "
                         "merges into an existing gradebook in --out")  # fmt: skip
     parser.add_argument("--notebook", action="append", default=[], help="grade only notebook NN (repeatable)")
@@ -34,6 +29,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--notebook-timeout", type=float, default=NOTEBOOK_TIMEOUT_S, help="seconds per notebook, re-runs included"
     )
+    parser.add_argument("--fresh", action="store_true", help="start over instead of resuming an unfinished grading")
     parser.add_argument("--run-demos", action="store_true", help="also run the demo cells (graded the same)")
     parser.add_argument("--keep-temp", action="store_true", help="keep the graded copies (for debugging the grader)")
     args = parser.parse_args(argv)
@@ -43,15 +39,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         skip_demos=not args.run_demos,
         keep_temp=args.keep_temp,
     )
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the running notebooks too, like Ctrl-C
     try:
         grade(
             args.submissions,
             args.out,
-            jobs=args.jobs or None,
+            jobs=args.jobs,
             only_learners=args.learner,
             only_notebooks=args.notebook,
             settings=settings,
+            fresh=args.fresh,
+            handle_signals=True,  # Ctrl-C and `kill` stop the notebooks running here; the gradebook is still written
         )
     except UsageError as err:
         print(err.message, file=sys.stderr)
@@ -63,13 +60,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(
             f"interrupted: the running notebooks were stopped; the gradebook was written with {err.unfinished} "
             f"notebook(s) not graded ('{INTERRUPTED}', or their earlier grades in a regrade): "
-            f"{args.out.resolve() / 'report.html'}",
+            f"{args.out.resolve() / 'report.html'}. The same command resumes the grading run: what finished is not "
+            "graded again.",
             file=sys.stderr,
         )
         return 130
     except KeyboardInterrupt:
         print("interrupted before any notebook was graded; no gradebook written", file=sys.stderr)
         return 130
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     return 0

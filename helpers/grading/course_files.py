@@ -7,12 +7,20 @@ notebooks graded after it."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import importlib.metadata
 import importlib.util
+import json
 import os
 import py_compile
+import sys
 import tempfile
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+
+from helpers import contract
+from helpers.grading.references import Reference, references_from
 
 
 def read_bytes(path: Path) -> bytes | None:
@@ -77,3 +85,47 @@ class CourseFiles:
         ]
         added = [rel for rel in now if rel not in written and (rel.endswith(self.CODE) or "__pycache__" in rel)]
         return sorted(changed + added)
+
+
+# Software whose version can change a grade: a worker with other versions has another fingerprint.
+GRADING_SOFTWARE = ("temporalio", "nbval", "pytest", "ipykernel", "jupyter_client", "nbformat", "ipython")
+
+
+@dataclass(frozen=True)
+class Course:
+    """Everything a grade depends on, read once when grading starts: the kernels' copy of ``helpers/`` and
+    ``tests/nbval.cfg``, the solutions and the learner templates (as references), and the Python and package
+    versions. Its :attr:`fingerprint` names the task queue a grading run's notebooks wait on, so a worker whose
+    course files differ (another commit of solutions/ or helpers/) never sees them."""
+
+    files: CourseFiles
+    references: tuple[Reference, ...]
+    fingerprint: str
+
+    @classmethod
+    def snapshot(
+        cls, source: Path = contract.ROOT, solutions: Path = contract.SOLUTIONS, templates: Path = contract.NOTEBOOKS
+    ) -> Course:
+        files = CourseFiles(source)
+        sols = {p.stem: p.read_bytes() for p in contract.discover(solutions)}
+        tmpls = {p.stem: p.read_bytes() for p in contract.discover(templates)}
+        digest = hashlib.sha256()
+        parts = [(f"lib/{rel}", data) for rel, data in files.files.items() if not rel.endswith(".pyc")]
+        parts += [(f"solutions/{n}", d) for n, d in sols.items()] + [(f"notebooks/{n}", d) for n, d in tmpls.items()]
+        parts.append(("versions", json.dumps(software_versions(), sort_keys=True).encode()))
+        for name, data in sorted(parts):
+            digest.update(f"{name}\0{len(data)}\0".encode())
+            digest.update(data)
+        return cls(files, tuple(references_from(sols, tmpls)), digest.hexdigest())
+
+
+def software_versions() -> dict[str, str]:
+    """Python's and the grading packages' versions (byte-code is left out of the fingerprint: it can differ
+    between processes for the same source)."""
+    found = {"python": f"{sys.implementation.name} {sys.version.split()[0]}"}
+    for name in GRADING_SOFTWARE:
+        try:
+            found[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            found[name] = "-"
+    return found

@@ -18,6 +18,47 @@ from typing import Any
 from helpers.grading.nbval_plugin import HANDSHAKE_VAR
 
 TOKEN_VAR = "COURSE_GRADE_TOKEN"  # marks every process of one nbval run (not a secret: used to find orphans)
+OWNER_VAR = "COURSE_GRADE_OWNER"  # "<pid>:<start time>" of the grading process that started the run
+
+
+def _start_time(pid: int) -> str | None:
+    """A process's start time in clock ticks since boot (with its pid, it names one process for good)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def owner_mark() -> str:
+    return f"{os.getpid()}:{_start_time(os.getpid()) or 0}"
+
+
+def sweep_dead_owners() -> list[str]:
+    """Kill what nbval runs of a grading process that no longer exists left running (a grader killed with
+    ``kill -9`` cannot clean up; its kernels normally follow it within a second, their own children may not).
+    Runs of a grading process still alive (another grader on this machine) are left alone."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return []
+    killed = []
+    for entry in proc.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            env = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        mark = next((v for v in env.split(b"\0") if v.startswith(OWNER_VAR.encode() + b"=")), None)
+        if mark is None:
+            continue
+        pid, _, started = mark.split(b"=", 1)[1].decode(errors="replace").partition(":")
+        if pid.isdigit() and _start_time(int(pid)) == started:
+            continue  # its grader is alive
+        with contextlib.suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+            os.kill(int(entry.name), signal.SIGKILL)
+            killed.append(cmdline[:120])
+    return killed
 
 
 def kernel_env(base: Mapping[str, str], home: Path, lib: Path, token: str) -> dict[str, str]:
@@ -42,7 +83,7 @@ def kernel_env(base: Mapping[str, str], home: Path, lib: Path, token: str) -> di
         PYTHONDONTWRITEBYTECODE="1",  # lib/ ships its byte-code; a new .pyc there would be someone's doing
         PYTEST_DISABLE_PLUGIN_AUTOLOAD="1",
         PYDEVD_DISABLE_FILE_VALIDATION="1",
-        **{TOKEN_VAR: token, HANDSHAKE_VAR: "stdin"},
+        **{TOKEN_VAR: token, OWNER_VAR: owner_mark(), HANDSHAKE_VAR: "stdin"},
     )
     return env
 

@@ -61,9 +61,22 @@ def _read_handshake() -> tuple[bytes | None, str | None]:
             ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE = 0
     try:
         msg = json.loads(data)
-        return bytes.fromhex(msg["key"]), str(msg["results"])
+        key, results = bytes.fromhex(msg["key"]), str(msg["results"])
     except (ValueError, KeyError, TypeError):
         return None, None
+    _follow_parent(msg.get("parent"))
+    return key, results
+
+
+def _follow_parent(parent: object) -> None:
+    """Die with the grading process: a grader killed with ``kill -9`` leaves no nbval run behind (the kernel, our
+    child, notices its parent is gone and exits too)."""
+    if not isinstance(parent, int) or not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0)  # PR_SET_PDEATHSIG = SIGKILL
+    if os.getppid() != parent:  # it died before we asked
+        os._exit(1)
 
 
 _KEY, _RESULTS = _read_handshake()

@@ -136,8 +136,9 @@ def run_nbval(
             isolation.ACTIVE[proc.pid] = (proc, token)
         try:
             # The key and the results path go on stdin: never in the environment or argv, which the kernel sees.
+            handshake = {"key": key.hex(), "results": str(results), "parent": os.getpid()}
             with contextlib.suppress(OSError), proc.stdin:  # type: ignore[union-attr]
-                proc.stdin.write(json.dumps({"key": key.hex(), "results": str(results)}).encode() + b"\n")  # type: ignore[union-attr]
+                proc.stdin.write(json.dumps(handshake).encode() + b"\n")  # type: ignore[union-attr]
             while True:
                 try:
                     proc.wait(timeout=max(0.01, min(1.0, deadline - time.monotonic())))

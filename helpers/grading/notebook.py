@@ -56,6 +56,9 @@ class NotebookResult:
     runs: int = 0
     log: str = ""
     interrupted: bool = False  # grading was stopping while this notebook ran: its rows are not trustworthy
+    warnings: list[str] = field(default_factory=list)  # what the worker noticed that affects every grade after it
+    worker: str = ""  # who graded it
+    attempt: int = 1  # the grading activity's attempt that made this grade
 
 
 def one_line(text: str, limit: int = 400) -> str:

@@ -68,16 +68,26 @@ def _unexecuted(path: Path, exercises: list[Exercise]) -> str | None:
 
 def load_references(solutions: Path = contract.SOLUTIONS, learner_dir: Path | None = None) -> list[Reference]:
     """Every ``solutions/NN_*.ipynb`` with its check cells, read once (later changes on disk do not matter)."""
+    templates = learner_dir or contract.NOTEBOOKS
+    return references_from(
+        {p.stem: p.read_bytes() for p in contract.discover(solutions)},
+        {p.stem: p.read_bytes() for p in contract.discover(templates)},
+    )
+
+
+def references_from(solutions: Mapping[str, bytes], templates: Mapping[str, bytes]) -> list[Reference]:
+    """The references of solution notebooks given as bytes (name -> JSON); ``templates`` are their learner copies
+    (a missing one is generated)."""
     from helpers import build
 
     refs = []
-    for path in contract.discover(solutions):
-        nb = json.loads(path.read_text(encoding="utf-8"))
+    for name in sorted(solutions):
+        path = Path(f"{name}.ipynb")
+        nb = json.loads(solutions[name].decode("utf-8"))
         cells = nb.get("cells", [])
         known = _code_sources(cells)
-        template = (learner_dir or contract.NOTEBOOKS) / path.name
-        if template.exists():
-            tcells = json.loads(template.read_text(encoding="utf-8")).get("cells", [])
+        if name in templates:
+            tcells = json.loads(templates[name].decode("utf-8")).get("cells", [])
         else:  # no generated copy yet: derive it
             import nbformat
 
@@ -108,7 +118,5 @@ def load_references(solutions: Path = contract.SOLUTIONS, learner_dir: Path | No
                 names |= imported_names(tree, top_level_only=True)
         protected = check_names(ex.check for ex in exercises)
         problem = _unexecuted(path, exercises)
-        refs.append(
-            Reference(path.stem, tuple(exercises), frozenset(known), protected, frozenset(names), demos, problem)
-        )
+        refs.append(Reference(name, tuple(exercises), frozenset(known), protected, frozenset(names), demos, problem))
     return refs

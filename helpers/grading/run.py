@@ -1,29 +1,43 @@
-"""A grading run over a class: every learner × notebook, graded in parallel, into a gradebook."""
+"""A grading run over a class, on Temporal: plan it, start it (or resume the one this gradebook folder was being
+graded by), grade with local workers (and any ``make grade-worker`` of the same course files on the server), show
+the progress, and write the gradebook from the grades the run recorded.
+
+The run lives on the Temporal server, not in this process: killed (even ``kill -9``), the same command finds it
+through ``OUT/.grading-run.json`` and goes on; the notebooks graded meanwhile are read from the learners' workflow
+histories, never graded again.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import os
-import shutil
+import dataclasses
+import json
+import secrets
+import signal
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from helpers import contract, server
-from helpers.grading import isolation
-from helpers.grading.course_files import CourseFiles
+from helpers.grading.course_files import Course
 from helpers.grading.gradebook import Gradebook, UsageError, merge, prepare_out, previous_gradebook, write_gradebook
-from helpers.grading.notebook import INTERRUPTED, TAMPERED, NotebookResult, Settings, grade_submission, rows_for
-from helpers.grading.references import Reference, load_references
-from helpers.grading.submissions import SubmissionError, find_submission, learners, outside, read_submission
+from helpers.grading.notebook import INTERRUPTED, TAMPERED, NotebookResult, Settings, rows_for
+from helpers.grading.plan import LearnerOutcome, LearnerPlan, Limits, learner_workflow_id
+from helpers.grading.planning import Key, Planned, Planner, learner_folders
+from helpers.grading.progress import Progress, Running, State
 from helpers.grading.watch import RepoWatch
+from helpers.grading.worker import GradingWorker, cores
+from helpers.grading.workflows import GRADE, GradeLearner, GradingRun
 
 __all__ = ["GradingInterrupted", "UsageError", "cores", "grade"]
+
+RESUME_FILE = ".grading-run.json"  # in OUT: the run this gradebook folder is being graded by, until it is written
+POLL_S = 1.0
+DESCRIBES_PER_POLL = 64
 
 
 class GradingInterrupted(KeyboardInterrupt):
@@ -33,57 +47,6 @@ class GradingInterrupted(KeyboardInterrupt):
         super().__init__(f"{unfinished} notebook(s) not graded")
         self.book = book
         self.unfinished = unfinished
-
-
-def cores() -> int:
-    """CPUs this process may use (what ``nproc`` says), the default number of jobs."""
-    with contextlib.suppress(AttributeError, OSError):
-        return len(os.sched_getaffinity(0)) or 1
-    return os.cpu_count() or 1
-
-
-def profile_file() -> Path | None:
-    """Temporal's profile file as the instructor's own HOME sees it (kernels get a private HOME)."""
-    candidates = []
-    if xdg := os.environ.get("XDG_CONFIG_HOME"):
-        candidates.append(Path(xdg) / "temporalio" / "temporal.toml")
-    home = Path.home()
-    candidates += [
-        home / ".config" / "temporalio" / "temporal.toml",
-        home / "Library" / "Application Support" / "temporalio" / "temporal.toml",
-    ]
-    return next((p for p in candidates if p.is_file()), None)
-
-
-def grade_file(
-    learner: str,
-    ref: Reference,
-    path: Path | None,
-    settings: Settings,
-    tmp_root: Path,
-    base_env: Mapping[str, str],
-    path_note: str | None = None,
-    course: CourseFiles | None = None,
-) -> NotebookResult:
-    """Grade one learner's file (None: handed in nothing); never raises."""
-    result = NotebookResult(learner, ref.name, [])
-    if path_note:
-        result.notes.append(path_note)
-    if path is None:
-        result.rows = rows_for(learner, ref, "missing", f"no {ref.name}.ipynb handed in")
-        return result
-    if not ref.exercises:
-        return result
-    try:
-        submission = read_submission(path)
-    except SubmissionError as err:
-        result.rows = rows_for(learner, ref, "error", f"{path.name}: {err}")
-        return result
-    graded = grade_submission(
-        learner, ref, submission, settings, tmp_root, base_env, course or CourseFiles(settings.source)
-    )
-    graded.notes = result.notes + graded.notes
-    return graded
 
 
 def grade(
@@ -96,185 +59,416 @@ def grade(
     settings: Settings | None = None,
     solutions: Path = contract.SOLUTIONS,
     quiet: bool = False,
+    fresh: bool = False,
+    handle_signals: bool = False,
+    learners: Sequence[tuple[str, Path]] | None = None,
+    stream: TextIO | None = None,
 ) -> Gradebook:
-    """Grade every learner folder in ``submissions`` into ``out``.
+    """Grade every learner folder in ``submissions`` (or the ``learners`` given as (name, folder)) into ``out``.
 
-    Raises :class:`UsageError` before any work for a bad ``out`` or an unreadable gradebook to merge into, and
+    ``jobs``: grading slots in this process (0: none, only other workers grade). ``fresh``: do not resume an
+    unfinished run of this gradebook folder, start over. Raises :class:`UsageError` before any work for a bad
+    ``out``, an unreadable gradebook to merge into or a solution that cannot be the reference, and
     :class:`GradingInterrupted` on Ctrl-C/SIGTERM, after writing the gradebook (unfinished notebooks as errors)."""
     settings = settings or Settings()
-    jobs = max(1, jobs or cores())
+    jobs = cores() if jobs is None else max(0, jobs)
     submissions = submissions.resolve()
     out = out.resolve()
-    if not submissions.is_dir():
-        raise SystemExit(f"error: {submissions} is not a folder of learner folders")
-    if out == submissions or submissions in out.parents:
-        raise SystemExit("error: --out must not be inside the submissions folder (it is never written to)")
+    if learners is None:
+        if not submissions.is_dir():
+            raise SystemExit(f"error: {submissions} is not a folder of learner folders")
+        if out == submissions or submissions in out.parents:
+            raise SystemExit("error: --out must not be inside the submissions folder (it is never written to)")
     prepare_out(out)
-    old = previous_gradebook(out) if (only_learners or only_notebooks) else None
-    refs = load_references(solutions)
-    if only_notebooks:
-        refs = [r for r in refs if any(r.name.startswith(n) or r.prefix == n for n in only_notebooks)]
+    selection = [*only_learners, *only_notebooks]
+    old = previous_gradebook(out) if selection else None
+    course = Course.snapshot(settings.source, solutions)  # before any notebook runs; kernels get copies of it
+    refs = [r for r in course.references if not only_notebooks or any(r.name.startswith(n) for n in only_notebooks)]
     if not refs:
         raise SystemExit(f"error: no solution notebooks matched in {solutions}")
     if problems := [r.problem for r in refs if r.problem]:
         raise UsageError("error: " + "\nerror: ".join(problems))
-    people = learners(submissions)
-    if only_learners:
-        people = [p for p in people if p.name in only_learners]
-        if missing := set(only_learners) - {p.name for p in people}:
-            raise SystemExit(f"error: no learner folder named {', '.join(sorted(missing))} in {submissions}")
-    say = (lambda *_: None) if quiet else (lambda text: print(text, flush=True))
-    warnings: list[str] = []
-
-    def alarm(text: str) -> None:
-        warnings.append(
-            f"Files of the course or its Python environment changed while notebooks ran: {text}. Every notebook "
-            "graded from then on has a note. The kernels got the grader's copy of helpers/ and tests/nbval.cfg "
-            "taken before any notebook ran, and the solutions were read then too; a change elsewhere (installed "
-            "packages) can still change grades: check the files (git status), restore them, and regrade the "
-            "noted notebooks."
-        )
-        print(f"WARNING: {warnings[-1]}", file=sys.stderr, flush=True)
-
-    course = CourseFiles(settings.source)  # before any notebook runs; kernels get copies of this snapshot
+    people = list(learners) if learners is not None else learner_folders(submissions, only_learners)
+    if only_learners and learners is None and (missing := set(only_learners) - {name for name, _ in people}):
+        raise SystemExit(f"error: no learner folder named {', '.join(sorted(missing))} in {submissions}")
     where = server.target()
     status, started = server.ensure(where)
-    say(status.describe() + (" (started now)" if started else ""))
-    base_env = dict(os.environ)
-    base_env["TEMPORAL_ADDRESS"] = where.address
-    base_env["TEMPORAL_NAMESPACE"] = where.namespace
-    if profile := profile_file():
-        base_env.setdefault("TEMPORAL_CONFIG_FILE", str(profile))
+    progress = Progress(stream, quiet)
+    progress.line(status.describe() + (" (started now)" if started else ""))
+    limits = Limits(settings.cell_timeout, settings.notebook_timeout, settings.max_runs, settings.skip_demos)
+    planner = Planner(people, refs, course.fingerprint, limits, submissions, out, selection)
+    session = Session(planner, course, settings, where, jobs, out, old, progress, fresh, selection)
+    return asyncio.run(session.run(handle_signals))
 
-    tasks = [(person, ref) for person in people for ref in refs]
-    say(f"Grading {len(people)} learner(s) × {len(refs)} notebook(s) with {jobs} job(s)…")
-    t0 = time.monotonic()
-    tmp_root = Path(tempfile.mkdtemp(prefix="course-grade-"))
-    busy = [out, tmp_root, server.data_dir()]  # written during grading by the grader and the Temporal server
-    watch = RepoWatch(settings.watch, exclude=busy, flat=settings.watch_flat, on_alarm=alarm)
-    env_watch = None
-    if settings.watch_environment and sys.prefix != sys.base_prefix:  # a venv: compared as a whole at the end
-        env_watch = RepoWatch([Path(sys.prefix)], exclude=busy, skip={"__pycache__"})
-    results: dict[int, NotebookResult] = {}
-    leftovers: list[str] = []
 
-    def work(person: Path, ref: Reference) -> NotebookResult:
-        if isolation.STOPPING.is_set():
-            return NotebookResult(person.name, ref.name, [], interrupted=True)
-        notes = []
-        if outside(person, submissions):
-            notes.append(f"the learner folder is a symbolic link to {person.resolve()}, outside the submissions "
-                         "folder; graded anyway")  # fmt: skip
-        try:
-            path, note = find_submission(person, ref.name)
-        except OSError as err:
-            res = NotebookResult(
-                person.name, ref.name, rows_for(person.name, ref, "error", f"unreadable folder: {err}")
-            )
-            res.notes = notes
-            return res
-        if path is not None and outside(path, submissions, person):
-            notes.append(f"{path.name} is a symbolic link to {path.resolve()}, outside the submissions folder; "
-                         "graded anyway")  # fmt: skip
-        watch_notes: list[str] = []
-        with (
-            watch.running_as(f"{person.name}/{ref.name}")
-            if path
-            else contextlib.nullcontext(watch_notes) as watch_notes
-        ):
-            res = grade_file(person.name, ref, path, settings, tmp_root, base_env, note, course)
-        res.notes = notes + res.notes + watch_notes
-        res.interrupted = isolation.STOPPING.is_set()
-        if path is not None and (gone := reaper.sweep()):
-            who = "it" if jobs == 1 else "it, or by a notebook graded at the same time"
-            res.notes.append(f"the grader stopped {len(gone)} process(es) left running after the notebook ended "
-                             f"(started by {who}): {', '.join(gone[:3])}")  # fmt: skip
-        return res
+class _Stop(Exception):
+    """Ctrl-C or SIGTERM: stop grading here, keep what finished."""
 
-    isolation.STOPPING.clear()
-    reaper = isolation.Reaper()
-    interrupted = False
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    futures: dict[Any, int] = {}
-    try:
-        for i, (person, ref) in enumerate(tasks):
-            futures[pool.submit(work, person, ref)] = i
-        for n, fut in enumerate(as_completed(futures), 1):
-            res = fut.result()
-            results[futures[fut]] = res
-            got = sum(r.points for r in res.rows)
-            most = sum(r.max_points for r in res.rows)
-            tally = Counter(r.status for r in res.rows)
-            say(
-                f"[{n}/{len(tasks)}] {res.learner} {res.notebook}: {got}/{most} "
-                f"({', '.join(f'{v} {k}' for k, v in sorted(tally.items()))}) {res.seconds:.1f} s"
-            )
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: stop what runs, keep what finished
-        interrupted = True
-        pool.shutdown(wait=False, cancel_futures=True)
-        isolation.kill_all_running()
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        isolation.kill_all_running()
-        raise
-    finally:
-        pool.shutdown(wait=True)
-        leftovers = reaper.close()
-        if not settings.keep_temp:
-            shutil.rmtree(tmp_root, ignore_errors=True)
-    elapsed = round(time.monotonic() - t0, 1)
 
-    if interrupted:
-        for fut, i in futures.items():
-            finished = i not in results and fut.done() and not fut.cancelled() and fut.exception() is None
-            if finished and not fut.result().interrupted:
-                results[i] = fut.result()  # finished just before the interrupt, not yet reported
-    unfinished = [i for i in range(len(tasks)) if i not in results]
-    for i in unfinished:
-        person, ref = tasks[i]
-        if old is not None and any(r.learner == person.name and r.notebook == ref.name for r in old.rows):
-            continue  # a regrade that did not happen: the earlier grades stay
-        rows = rows_for(person.name, ref, "error", INTERRUPTED)
-        results[i] = NotebookResult(person.name, ref.name, rows, [f"{INTERRUPTED} before this notebook was graded"])
-    if unfinished:
-        warnings.append(
-            f"Grading was interrupted: {len(unfinished)} notebook(s) were not graded (status error, "
-            f"'{INTERRUPTED}'; in a regrade their earlier grades stay). Run the grader again for them."
+class Session:
+    """One command's part in a grading run (the run itself lives on the server)."""
+
+    def __init__(
+        self,
+        planner: Planner,
+        course: Course,
+        settings: Settings,
+        where: server.Target,
+        jobs: int,
+        out: Path,
+        old: Gradebook | None,
+        progress: Progress,
+        fresh: bool,
+        selection: Sequence[str],
+    ) -> None:
+        self.planner = planner
+        self.planned: Planned = planner.planned
+        self.course = course
+        self.settings = settings
+        self.where = where
+        self.jobs = jobs
+        self.out = out
+        self.old = old
+        self.progress = progress
+        self.fresh = fresh
+        self.selection = selection
+        self.results: dict[Key, NotebookResult] = dict(self.planned.local)
+        self.reported: set[Key] = set()
+        self.failed = 0
+        self.warnings: list[str] = []
+        self.started = time.monotonic()
+        self.already = 0  # notebooks graded before this command attached to the run
+        self.worker: GradingWorker | None = None
+        self.pending: dict[str, LearnerPlan] = {lp.key: lp for lp in self.planned.plan.learners}  # not collected
+        self.stand_ins: set[Key] = set()  # interrupted: rows that stand for a grade not made
+
+    # ------------------------------------------------------------------ the run
+
+    async def run(self, handle_signals: bool) -> Gradebook:
+        plan = self.planned.plan
+        total = len(self.planned.order)
+        jobs_total = sum(len(lp.jobs) for lp in plan.learners)
+        self.progress.line(
+            f"Grading {len(self.planned.learners)} learner(s) × {len(self.planned.refs)} notebook(s): {jobs_total} "
+            f"to run, {total - jobs_total} decided without running; {self.jobs} job(s) here"
+            + (", and any grading worker of these course files on the server" if plan.learners else "")
+            + "…"
         )
-    if leftovers:
-        warnings.append(f"The grader stopped {len(leftovers)} process(es) left running at the end: "
-                        f"{', '.join(leftovers[:5])}")  # fmt: skip
-    if env_watch is not None and (changed := env_watch.check()):
-        shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
-        alarm(f"in the Python environment {sys.prefix}: {shown}")
-        for res in results.values():
-            res.notes.append(f"files of the Python environment changed during this run ({shown}); this grade may "
-                             "not be trustworthy")  # fmt: skip
-    for res in results.values():  # a tampering notebook: say so loudly, once per notebook
-        if any(r.message.startswith(TAMPERED) for r in res.rows):
-            print(f"WARNING: {res.learner}/{res.notebook}: {res.rows[0].message}", file=sys.stderr, flush=True)
+        for key in self.planned.order:
+            if key in self.results:
+                self._report(key, self.results[key])
+        env_watch = None
+        if self.settings.watch_environment and sys.prefix != sys.base_prefix:  # a venv: compared as a whole at the end
+            env_watch = RepoWatch([Path(sys.prefix)], exclude=[self.out, contract.ROOT], skip={"__pycache__"})
+        interrupted = False
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        if handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+        try:
+            if plan.learners:
+                interrupted = await self._grade_on_temporal(stop)
+        except asyncio.CancelledError:  # Ctrl-C through asyncio.run (the API without signal handling)
+            interrupted = True
+        finally:
+            if handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    loop.remove_signal_handler(sig)
+        if env_watch is not None and (changed := env_watch.check()):
+            shown = ", ".join(changed[:5]) + (f" and {len(changed) - 5} more" if len(changed) > 5 else "")
+            self._warn(f"Files of the Python environment {sys.prefix} changed during this run: {shown}.")
+            for res in self.results.values():
+                res.notes.append(f"files of the Python environment changed during this run ({shown}); this grade may "
+                                 "not be trustworthy")  # fmt: skip
+        book = self._gradebook(interrupted)
+        if interrupted:
+            unfinished = sum(1 for key in self.planned.order if key not in self.results or key in self.stand_ins)
+            raise GradingInterrupted(book, unfinished)
+        (self.out / RESUME_FILE).unlink(missing_ok=True)
+        self.progress.line(f"Graded in {time.monotonic() - self.started:.1f} s. Gradebook: {self.out / 'report.html'}")
+        return book
 
-    ordered = [results[i] for i in sorted(results)]
-    book = Gradebook(
-        rows=[row for res in ordered for row in res.rows],
-        notes={f"{res.learner}/{res.notebook}": res.notes for res in ordered if res.notes},
-        notebooks=[(r.name, r.max_points) for r in refs],
-        meta={
-            "graded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "seconds": elapsed,
-            "jobs": jobs,
-            "learners": len(people),
-            "cell_timeout": settings.cell_timeout,
-            "notebook_timeout": settings.notebook_timeout,
-            "server": where.address,
-            "timings": {f"{res.learner}/{res.notebook}": [res.seconds, res.runs] for res in ordered if res.runs},
-            "warnings": warnings,
-        },
-    )
-    if only_learners or only_notebooks:
-        book = merge(old, book)
-    write_gradebook(out, book, logs={(res.learner, res.notebook): res.log for res in ordered if res.log})
-    if interrupted:
-        raise GradingInterrupted(book, len(unfinished))
-    say(f"Graded in {elapsed:.1f} s. Gradebook: {out / 'report.html'}")
-    return book
+    async def _grade_on_temporal(self, stop: asyncio.Event) -> bool:
+        from temporalio.common import WorkflowIDConflictPolicy
+        from temporalio.worker import Worker
+
+        client = await server.connect(self.where)
+        run_id = await self._run_id(client)
+        plan = dataclasses.replace(self.planned.plan, run_id=run_id, files_queue=f"{run_id}-files")
+        self.planned.plan = plan
+        tasks: list[asyncio.Task[Any]] = []
+        files = Worker(
+            client,
+            task_queue=plan.files_queue,
+            activities=[self.planner.activity()],
+            activity_executor=_executor(4),
+            max_concurrent_activities=4,
+        )
+        tasks.append(asyncio.ensure_future(files.run()))
+        grading = None
+        if self.jobs:
+            self.worker = GradingWorker(
+                self.course, self.settings, self.where, self.jobs, busy=[self.out], on_warning=self._warn
+            )
+            if self.worker.stale:
+                self.progress.line(f"Stopped {len(self.worker.stale)} process(es) a killed grader left running.")
+            grading = self.worker.temporal_worker(client)
+        else:  # the run's workflows still need a worker here; the grading is left to other workers
+            grading = Worker(client, task_queue=plan.task_queue, workflows=[GradingRun, GradeLearner])
+        tasks.append(asyncio.ensure_future(grading.run()))
+        handle = await client.start_workflow(
+            GradingRun.run,
+            plan,
+            id=run_id,
+            task_queue=plan.task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        )
+        (self.out / RESUME_FILE).write_text(
+            json.dumps({"run_id": run_id, "inputs": self.planned.inputs, "started": time.strftime("%F %T")}) + "\n"
+        )
+        link = f"{self.where.ui_url}/namespaces/{self.where.namespace}/workflows/{run_id}" if self.where.ui_url else ""
+        self.progress.line(f"Grading run {run_id}" + (f": {link}" if link else ""))
+        interrupted = False
+        try:
+            await self._monitor(client, handle, stop, tasks)
+        except _Stop:
+            interrupted = True
+        finally:
+            if self.worker is not None and interrupted:
+                self.worker.stop()  # the notebooks running here: their attempts fail and are graded again later
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(task, 15)
+            if interrupted:  # what finished before the interrupt (here or on other workers) still counts
+                await asyncio.gather(*(self._collect(client, key, final=False) for key in list(self.pending)))
+            if self.worker is not None and (leftovers := self.worker.close()):
+                self._warn(f"The grader stopped {len(leftovers)} process(es) left running at the end: "
+                           f"{', '.join(leftovers[:5])}")  # fmt: skip
+            self.progress.close()
+        return interrupted
+
+    async def _run_id(self, client: Any) -> str:
+        """This gradebook folder's unfinished run (the same inputs) to resume, else a new run's id."""
+        marker = self.out / RESUME_FILE
+        try:
+            earlier = json.loads(marker.read_text())
+        except (OSError, ValueError):
+            earlier = None
+        if isinstance(earlier, dict) and isinstance(earlier.get("run_id"), str):
+            same = earlier.get("inputs") == self.planned.inputs
+            if same and not self.fresh:
+                with contextlib.suppress(Exception):
+                    await client.get_workflow_handle(earlier["run_id"]).describe()
+                    self.progress.line(f"Resuming grading run {earlier['run_id']} (started {earlier.get('started')}).")
+                    return str(earlier["run_id"])
+            else:
+                why = "--fresh was given" if same else "the submissions, the course files or the options changed"
+                with contextlib.suppress(Exception):
+                    await client.get_workflow_handle(earlier["run_id"]).terminate(f"superseded: {why}")
+                self.progress.line(f"Not resuming the unfinished grading run {earlier['run_id']}: {why}.")
+        return f"course-grade-{self.planned.inputs[:12]}-{secrets.token_hex(4)}"
+
+    # ------------------------------------------------------------------ following the run
+
+    async def _monitor(self, client: Any, handle: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
+        from temporalio.client import WorkflowExecutionStatus
+
+        first = True
+        while self.pending:
+            if stop.is_set():
+                raise _Stop
+            for task in tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+            keys = list(self.pending)[:DESCRIBES_PER_POLL]
+            states = await asyncio.gather(*(self._look(client, key) for key in keys))
+            if first:
+                self.already = sum(1 for key in self.reported if key not in self.planned.local)
+                if self.already:
+                    self.progress.line(f"{self.already} notebook(s) of this run were graded already: not again.")
+                first = False
+            running = [r for rs, _ in states for r in rs]
+            retrying = sum(n for _, n in states)
+            parent = await handle.describe()
+            if parent.status not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
+                name = parent.status.name.lower() if parent.status else "closed"
+                for key in list(self.pending):
+                    await self._collect(client, key, final=True, why=f"the grading run was {name}")
+                break
+            self.progress.update(
+                State(len(self.planned.order), len(self.results), self.failed, running, retrying, self._elapsed())
+            )
+            if self.pending:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), POLL_S)
+
+    def _elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def _look(self, client: Any, key: str) -> tuple[list[Running], int]:
+        """One learner's workflow: report its newly graded notebooks, collect it when it is done; returns what
+        runs now and how many wait for another attempt."""
+        from temporalio.api.enums.v1 import PendingActivityState
+        from temporalio.client import WorkflowExecutionStatus
+        from temporalio.service import RPCError
+
+        lp = self.pending[key]
+        handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
+        try:
+            desc = await handle.describe()
+        except RPCError:
+            return [], 0  # not started yet
+        if desc.status != WorkflowExecutionStatus.RUNNING:
+            why = None if desc.status == WorkflowExecutionStatus.COMPLETED else f"its workflow ended ({desc.status})"
+            await self._collect(client, key, final=True, why=why)
+            return [], 0
+        memo = await desc.memo()
+        for nb, summary in memo.items():
+            if (lp.learner, nb) not in self.reported and isinstance(summary, dict):
+                self._report_summary((lp.learner, nb), summary)
+        running, retrying = [], 0
+        for pa in desc.raw_description.pending_activities:
+            if pa.activity_type.name != GRADE:
+                continue
+            label = f"{lp.learner}/{pa.activity_id.removeprefix('grade-')}"
+            if pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
+                details: dict[str, Any] = {}
+                with contextlib.suppress(Exception):
+                    decoded = await client.data_converter.decode(pa.heartbeat_details.payloads)
+                    details = decoded[0] if decoded and isinstance(decoded[0], dict) else {}
+                running.append(Running(label, details.get("cells", 0), details.get("of", 0), pa.attempt))
+            elif pa.attempt > 1:
+                retrying += 1
+        return running, retrying
+
+    async def _collect(self, client: Any, key: str, final: bool, why: str | None = None) -> None:
+        """The grades a learner's workflow recorded (its grading activities' results), and error rows for what it
+        could not grade. ``final``: the workflow is over (else: an interrupt, take what finished)."""
+        from temporalio.api.enums.v1 import EventType
+
+        lp = self.pending.get(key)
+        if lp is None:
+            return
+        handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
+        scheduled: dict[int, str] = {}
+        with contextlib.suppress(Exception):
+            async for event in handle.fetch_history_events():
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
+                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                    attrs = event.activity_task_completed_event_attributes
+                    if scheduled.get(attrs.scheduled_event_id) != GRADE:
+                        continue
+                    (result,) = await client.data_converter.decode(attrs.result.payloads, [NotebookResult])
+                    self._add((result.learner, result.notebook), result)
+        if not final:
+            return
+        outcome = LearnerOutcome()
+        if why is None:
+            with contextlib.suppress(Exception):
+                outcome = await handle.result(result_type=LearnerOutcome)
+        for job in lp.jobs:
+            k = (lp.learner, job.notebook)
+            if k in self.results:
+                continue
+            message = outcome.failed.get(job.notebook) or why or "its workflow ended without grading it"
+            ref = self.planned.refs[job.notebook]
+            self.failed += 1
+            self._add(k, NotebookResult(lp.learner, job.notebook, rows_for(lp.learner, ref, "error", f"not graded: "
+                                                                                 f"{message}")))  # fmt: skip
+        self.pending.pop(key, None)
+
+    def _add(self, key: Key, result: NotebookResult) -> None:
+        if key in self.results:
+            return
+        self.results[key] = result
+        for w in result.warnings:
+            self._warn(w, echo=False)
+        if any(r.message.startswith(TAMPERED) for r in result.rows):
+            print(f"WARNING: {result.learner}/{result.notebook}: {result.rows[0].message}", file=sys.stderr, flush=True)
+        if key not in self.reported:
+            self._report(key, result)
+
+    def _report(self, key: Key, result: NotebookResult) -> None:
+        tally = Counter(r.status for r in result.rows)
+        got, most = sum(r.points for r in result.rows), sum(r.max_points for r in result.rows)
+        self._line(key, got, most, tally, result.seconds)
+
+    def _report_summary(self, key: Key, summary: dict[str, Any]) -> None:
+        if "failed" in summary:
+            self.reported.add(key)
+            self.progress.line(f"[{len(self.reported)}/{len(self.planned.order)}] {key[0]} {key[1]}: not graded "
+                               f"({summary['failed']})")  # fmt: skip
+            return
+        tally = Counter(summary.get("statuses", []))
+        self._line(key, summary.get("points", 0), summary.get("max", 0), tally, summary.get("seconds", 0.0))
+
+    def _line(self, key: Key, got: int, most: int, tally: Counter[str], seconds: float) -> None:
+        self.reported.add(key)
+        statuses = ", ".join(f"{v} {k}" for k, v in sorted(tally.items()))
+        self.progress.line(
+            f"[{len(self.reported)}/{len(self.planned.order)}] {key[0]} {key[1]}: {got}/{most} ({statuses}) "
+            f"{seconds:.1f} s"
+        )
+
+    def _warn(self, text: str, echo: bool = True) -> None:
+        if text in self.warnings:
+            return
+        self.warnings.append(text)
+        if echo:
+            print(f"WARNING: {text}", file=sys.stderr, flush=True)
+
+    # ------------------------------------------------------------------ the gradebook
+
+    def _gradebook(self, interrupted: bool) -> Gradebook:
+        if interrupted:
+            unfinished = [key for key in self.planned.order if key not in self.results]
+            for learner, nb in unfinished:
+                if self.old is not None and any(r.learner == learner and r.notebook == nb for r in self.old.rows):
+                    continue  # a regrade that did not happen: the earlier grades stay
+                ref = self.planned.refs[nb]
+                note = f"{INTERRUPTED} before this notebook was graded; the same command resumes the run"
+                self.results[(learner, nb)] = NotebookResult(learner, nb, rows_for(learner, ref, "error", INTERRUPTED),
+                                                             [note])  # fmt: skip
+                self.stand_ins.add((learner, nb))
+            if unfinished:
+                self.warnings.append(
+                    f"Grading was interrupted: {len(unfinished)} notebook(s) were not graded yet (status error, "
+                    f"'{INTERRUPTED}'; in a regrade their earlier grades stay). Run the same command again: it resumes "
+                    "the grading run, and what finished is not graded again."
+                )
+        ordered = [self.results[key] for key in self.planned.order if key in self.results]
+        workers = Counter(res.worker for res in ordered if res.worker)
+        book = Gradebook(
+            rows=[row for res in ordered for row in res.rows],
+            notes={f"{res.learner}/{res.notebook}": res.notes for res in ordered if res.notes},
+            notebooks=[(r.name, r.max_points) for r in self.planned.refs.values()],
+            meta={
+                "graded_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+                "seconds": round(self._elapsed(), 1),
+                "jobs": self.jobs,
+                "learners": len(self.planned.learners),
+                "cell_timeout": self.settings.cell_timeout,
+                "notebook_timeout": self.settings.notebook_timeout,
+                "server": self.where.address,
+                "run_id": self.planned.plan.run_id,
+                "course_fingerprint": self.course.fingerprint[:16],
+                "graded_by": dict(workers),
+                "graded_before_this_command": self.already,
+                "timings": {f"{res.learner}/{res.notebook}": [res.seconds, res.runs] for res in ordered if res.runs},
+                "warnings": self.warnings,
+            },
+        )
+        if self.selection:
+            book = merge(self.old, book)
+        write_gradebook(self.out, book, logs={(res.learner, res.notebook): res.log for res in ordered if res.log})
+        return book
+
+
+def _executor(n: int) -> Any:
+    import concurrent.futures
+
+    return concurrent.futures.ThreadPoolExecutor(n, thread_name_prefix="grade-files")

@@ -12,6 +12,7 @@ import asyncio
 import sqlite3
 import textwrap
 import threading
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from support import graded_run, run_check, solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
-from helpers import backup, build, failures, heartbeats, payments, retries, server, timeouts
+from helpers import backup, build, failures, heartbeats, payments, retries, server, timeouts, worker
 from helpers.checks import nb03
 
 matplotlib.use("Agg")
@@ -141,6 +142,50 @@ def test_the_storage_log_and_checksums(tmp_path: Path):
     assert sum(sums) == backup.file_checksum("f", 3)
     assert [(e.chunk, e.attempt, e.op) for e in store.executions("f")] == [(c, 0, "checksum") for c in range(3)]
     assert store.chunks_done("f") == 3 and store.executions("other") == []
+
+
+# --------------------------------------------------------------------------- the live demos, run twice
+
+
+def test_the_killed_worker_charges_twice_without_a_key_and_once_with_one_each_time_the_cells_run(make_course, scratch):
+    """Section 1, as a learner runs it and runs it again: the second run starts a worker process again (not the
+    in-kernel worker the first run left), so the crash happens again."""
+    checkout_demo = NB03.module(scratch, "charge-module")
+
+    async def scenario():
+        course = await make_course("03")
+        ns = {"course": course, "worker": worker, "checkout_demo": checkout_demo}
+        for _ in range(2):
+            await NB03.run_cell("crash", ns)
+            assert ns["proc"].killed
+            await NB03.run_cell("crash-retry", ns)
+            no_key, with_key = ns["orders"].values()
+            assert len(checkout_demo.provider.charges(no_key.id)) == 2
+            assert len(checkout_demo.provider.charges(with_key.id)) == 1
+        await worker.stop_all()
+        await course.stop_all()
+
+    asyncio.run(scenario())
+
+
+def test_the_backup_resumes_after_the_kill_each_time_the_cell_runs(make_course, scratch):
+    backup_job = NB03.module(scratch, "backup-module")
+
+    async def scenario():
+        course = await make_course("03")
+        ns = {"course": course, "worker": worker, "backup_job": backup_job, "heartbeats": heartbeats}
+        ns.update(retries=retries, time=time, display=lambda _: None)
+        for _ in range(2):
+            await NB03.run_cell("backup-crash", ns)
+            runs = backup_job.store.executions(ns["disk"])
+            later = [e for e in runs if e.attempt > 1]
+            assert {e.attempt for e in runs} == {1, 2} and 0 < later[0].chunk <= 12
+            assert sorted({e.chunk for e in runs}) == list(range(24))
+            assert any(h.attempt == 1 and h.details and h.details[0] > 0 for h in ns["progress"].heartbeats)
+        await worker.stop_all()
+        await course.stop_all()
+
+    asyncio.run(scenario())
 
 
 # --------------------------------------------------------------------------- formulas, failures, pictures

@@ -57,10 +57,6 @@ def describe(err: BaseException, *, message: bool = True) -> str:
     return text
 
 
-def innermost(err: BaseException) -> BaseException:
-    return chain(err)[-1]
-
-
 def retry_state(err: Any) -> str | None:
     """The ``retry_state`` name of an ``ActivityError`` (None for anything else)."""
     state = getattr(err, "retry_state", None)

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -182,9 +183,9 @@ def plot_resume(
             color="#dd8452",
             bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.85},
         )
-    redone = _redone(executions)
-    if redone:
-        ax.axhspan(min(redone) - 0.5, max(redone) + 0.5, color="#c44e52", alpha=0.08, label="chunks done twice")
+    twice = redone(executions)
+    if twice:
+        ax.axhspan(min(twice) - 0.5, max(twice) + 0.5, color="#c44e52", alpha=0.08, label="chunks done twice")
     ax.set_xlabel("seconds since the first chunk started")
     ax.set_ylabel("chunk")
     ax.grid(alpha=0.3)
@@ -198,13 +199,7 @@ def plot_resume(
     return ax
 
 
-def _redone(executions: Sequence[Execution]) -> list[int]:
-    seen: dict[int, int] = {}
-    for e in executions:
-        seen[e.chunk] = seen.get(e.chunk, 0) + 1
-    return [c for c, n in seen.items() if n > 1]
-
-
 def redone(executions: Sequence[Execution]) -> list[int]:
     """Chunks that ran more than once, in order."""
-    return sorted(_redone(executions))
+    runs = Counter(e.chunk for e in executions)
+    return sorted(chunk for chunk, n in runs.items() if n > 1)

@@ -62,14 +62,15 @@ def dev_server() -> server.Target:
 # (xdist's `--dist loadgroup` would do the grouping with marks, but with pytest 9 its node-id suffix no longer
 # takes: a scheduler of our own decides the groups instead.)
 
-KEEP_TOGETHER = (".ipynb", "test_grade.py")
+KEEP_TOGETHER = (".ipynb", "test_grade.py", "test_grade_demos.py")
+LONG = ("test_grade_scale.py",)  # tests of half a minute each, independent of each other: spread, but started early
 
 
 def _cost(item: pytest.Item) -> int:
     path = Path(str(item.fspath))
     if path.name == "test_notebooks.py":
         return 3 if "twice" in item.name else 2 if "learner" in item.name else 0
-    if path.suffix == ".ipynb" or path.name in KEEP_TOGETHER:
+    if path.suffix == ".ipynb" or path.name in KEEP_TOGETHER or path.name in LONG:
         return 2
     return 0
 

@@ -81,13 +81,14 @@ def grade_command(subs: Path, out: Path, *args: str, env: dict[str, str] | None 
     )
 
 
-def worker_command(home: Path, jobs: int = 1) -> subprocess.Popen[str]:
-    """``make grade-worker`` as another machine would run it: its own HOME, TMPDIR and course data folder."""
+def worker_command(home: Path, jobs: int = 1, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """``make grade-worker`` as another machine would run it: its own HOME, TMPDIR and course data folder, and the
+    course checkout in ``cwd`` (``helpers`` is imported from there)."""
     for sub in ("tmp", "data"):
         (home / sub).mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, HOME=str(home), TMPDIR=str(home / "tmp"), TEMPORAL_COURSE_DATA=str(home / "data"))
     cmd = [sys.executable, "-m", "helpers.grading.worker", "--jobs", str(jobs)]
-    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def read_until(proc: subprocess.Popen[str], predicate: Any, timeout: float) -> list[str]:

@@ -115,7 +115,9 @@ class Progress:
         self.stream.flush()
 
     def close(self) -> None:
+        """Leave the last bar on screen; lines after this come without one."""
         if self.drawn:
             self.stream.write("\n")
             self.drawn = False
+        self.state = None
         self.stream.flush()

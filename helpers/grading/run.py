@@ -134,7 +134,7 @@ class Session:
         self.selection = selection
         self.results: dict[Key, NotebookResult] = dict(self.planned.local)
         self.reported: set[Key] = set()
-        self.failed = 0
+        self.failed: set[Key] = set()  # notebooks the run could not grade (error rows made by the command)
         self.warnings: list[str] = []
         self.started = time.monotonic()
         self.already = 0  # notebooks graded before this command attached to the run
@@ -193,7 +193,7 @@ class Session:
         from temporalio.common import WorkflowIDConflictPolicy
         from temporalio.worker import Worker
 
-        client = await server.connect(self.where)
+        client = await _connect(self.where)
         run_id = await self._run_id(client)
         plan = dataclasses.replace(self.planned.plan, run_id=run_id, files_queue=f"{run_id}-files")
         self.planned.plan = plan
@@ -252,6 +252,8 @@ class Session:
 
     async def _run_id(self, client: Any) -> str:
         """This gradebook folder's unfinished run (the same inputs) to resume, else a new run's id."""
+        from temporalio.service import RPCError
+
         marker = self.out / RESUME_FILE
         try:
             earlier = json.loads(marker.read_text())
@@ -260,13 +262,13 @@ class Session:
         if isinstance(earlier, dict) and isinstance(earlier.get("run_id"), str):
             same = earlier.get("inputs") == self.planned.inputs
             if same and not self.fresh:
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RPCError):  # gone (another server, or its retention passed): start anew
                     await client.get_workflow_handle(earlier["run_id"]).describe()
                     self.progress.line(f"Resuming grading run {earlier['run_id']} (started {earlier.get('started')}).")
                     return str(earlier["run_id"])
             else:
                 why = "--fresh was given" if same else "the submissions, the course files or the options changed"
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(RPCError):  # already closed
                     await client.get_workflow_handle(earlier["run_id"]).terminate(f"superseded: {why}")
                 self.progress.line(f"Not resuming the unfinished grading run {earlier['run_id']}: {why}.")
         return f"course-grade-{self.planned.inputs[:12]}-{secrets.token_hex(4)}"
@@ -299,7 +301,7 @@ class Session:
                     await self._collect(client, key, final=True, why=f"the grading run was {name}")
                 break
             self.progress.update(
-                State(len(self.planned.order), len(self.results), self.failed, running, retrying, self._elapsed())
+                State(len(self.planned.order), len(self.reported), len(self.failed), running, retrying, self._elapsed())
             )
             if self.pending:
                 with contextlib.suppress(asyncio.TimeoutError):
@@ -348,13 +350,15 @@ class Session:
         """The grades a learner's workflow recorded (its grading activities' results), and error rows for what it
         could not grade. ``final``: the workflow is over (else: an interrupt, take what finished)."""
         from temporalio.api.enums.v1 import EventType
+        from temporalio.client import WorkflowFailureError
+        from temporalio.service import RPCError
 
         lp = self.pending.get(key)
         if lp is None:
             return
         handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
         scheduled: dict[int, str] = {}
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(RPCError):  # no history (yet): nothing finished
             async for event in handle.fetch_history_events():
                 if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                     scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
@@ -368,15 +372,18 @@ class Session:
             return
         outcome = LearnerOutcome()
         if why is None:
-            with contextlib.suppress(Exception):
-                outcome = await handle.result(result_type=LearnerOutcome)
+            done = client.get_workflow_handle(handle.id, result_type=LearnerOutcome)
+            try:
+                outcome = await done.result()
+            except (RPCError, WorkflowFailureError) as err:
+                why = f"its workflow did not complete ({err})"
         for job in lp.jobs:
             k = (lp.learner, job.notebook)
             if k in self.results:
                 continue
             message = outcome.failed.get(job.notebook) or why or "its workflow ended without grading it"
             ref = self.planned.refs[job.notebook]
-            self.failed += 1
+            self.failed.add(k)
             self._add(k, NotebookResult(lp.learner, job.notebook, rows_for(lp.learner, ref, "error", f"not graded: "
                                                                                  f"{message}")))  # fmt: skip
         self.pending.pop(key, None)
@@ -400,6 +407,7 @@ class Session:
     def _report_summary(self, key: Key, summary: dict[str, Any]) -> None:
         if "failed" in summary:
             self.reported.add(key)
+            self.failed.add(key)
             self.progress.line(f"[{len(self.reported)}/{len(self.planned.order)}] {key[0]} {key[1]}: not graded "
                                f"({summary['failed']})")  # fmt: skip
             return
@@ -466,6 +474,18 @@ class Session:
             book = merge(self.old, book)
         write_gradebook(self.out, book, logs={(res.learner, res.notebook): res.log for res in ordered if res.log})
         return book
+
+
+async def _connect(where: server.Target) -> Any:
+    """A client whose SDK core logs nothing to the terminal: what goes wrong reaches the gradebook as an error row
+    (a payload too large for the server, say), and the progress bar stays readable."""
+    from temporalio.client import Client
+    from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
+
+    silent = LoggingConfig(filter=TelemetryFilter(core_level="OFF", other_level="OFF"))
+    runtime = Runtime(telemetry=TelemetryConfig(logging=silent))
+    connect = Client.connect(where.address, namespace=where.namespace, runtime=runtime, **where.connect_kwargs)
+    return await asyncio.wait_for(connect, server.PROBE_TIMEOUT_S * 5)
 
 
 def _executor(n: int) -> Any:

@@ -83,6 +83,7 @@ class GradingWorker:
         jobs: int,
         busy: Sequence[Path] = (),
         on_warning: Callable[[str], None] | None = None,
+        announce: Callable[[str], None] | None = None,
     ) -> None:
         self.course = course
         self.settings = settings
@@ -91,6 +92,7 @@ class GradingWorker:
         self.identity = f"grader {socket.gethostname()} pid {os.getpid()}"
         self.base_env = kernel_base_env(where)
         self.on_warning = on_warning
+        self.announce = announce or (lambda _: None)  # a line per notebook started and graded (standalone workers)
         self.warnings: list[str] = []
         self.lock = threading.Lock()
         self.tmp_root = Path(tempfile.mkdtemp(prefix="course-grade-"))
@@ -120,6 +122,7 @@ class GradingWorker:
     def grade(self, sub: Submission, progress: Callable[[int, int, int], None] | None = None) -> NotebookResult:
         """Grade one handed-over notebook (in a thread of its own); never raises for the learner's faults."""
         ref = self.refs[sub.notebook]
+        self.announce(f"grading {sub.learner}/{ref.name} (run {sub.run_id})")
         if sub.error is not None or sub.cells is None:
             result = NotebookResult(sub.learner, ref.name, rows_for(sub.learner, ref, "error", sub.error or "?"))
             result.notes = list(sub.notes)
@@ -146,6 +149,8 @@ class GradingWorker:
         with self.lock:
             result.warnings = list(self.warnings)
         result.worker = self.identity
+        got, most = sum(r.points for r in result.rows), sum(r.max_points for r in result.rows)
+        self.announce(f"graded {sub.learner}/{ref.name}: {got}/{most} in {result.seconds:.1f} s")
         return result
 
     def activity(self) -> Callable[[Submission], NotebookResult]:
@@ -226,7 +231,14 @@ async def _serve(jobs: int, settings: Settings) -> int:
     where = server.target()
     client = await server.connect(where)
     course = Course.snapshot(settings.source)
-    worker = GradingWorker(course, settings, where, jobs, on_warning=lambda w: print(f"WARNING: {w}", flush=True))
+    worker = GradingWorker(
+        course,
+        settings,
+        where,
+        jobs,
+        on_warning=lambda w: print(f"WARNING: {w}", flush=True),
+        announce=lambda line: print(line, flush=True),
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -240,15 +252,38 @@ async def _serve(jobs: int, settings: Settings) -> int:
     if worker.stale:
         print(f"Stopped {len(worker.stale)} process(es) a killed grader left running: {', '.join(worker.stale[:3])}")
     runner = asyncio.ensure_future(worker.temporal_worker(client).run())
+    watcher = asyncio.ensure_future(_tell_about_runs(client, worker.task_queue, course.fingerprint))
     await asyncio.wait([runner, asyncio.ensure_future(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+    watcher.cancel()
     worker.stop()
     runner.cancel()
     with contextlib.suppress(BaseException):
         await asyncio.wait_for(runner, 10)
     if leftovers := worker.close():
         print(f"Stopped {len(leftovers)} process(es) left running: {', '.join(leftovers[:5])}")
-    print("Grading worker stopped; the notebooks it was grading will be graded again by another worker.")
+    print("Grading worker stopped; a notebook it was grading will be graded again by another worker.")
     return 0 if stop.is_set() else 1
+
+
+async def _tell_about_runs(client: Any, queue: str, fingerprint: str, every: float = 5.0) -> None:
+    """Say which running grading runs this worker joins, and which it cannot (other course files)."""
+    told: set[str] = set()
+    while True:
+        with contextlib.suppress(Exception):
+            async for run in client.list_workflows('WorkflowType = "CourseGradingRun" AND ExecutionStatus = "Running"'):
+                if run.id in told:
+                    continue
+                told.add(run.id)
+                if run.task_queue == queue:
+                    print(f"Joining grading run {run.id}.", flush=True)
+                else:
+                    print(
+                        f"Not grading run {run.id}: it was started with other course files (task queue "
+                        f"{run.task_queue}) than this worker's ({fingerprint[:16]}). To help with it, bring this "
+                        "machine's course to the same commit (git pull) and start the worker again.",
+                        flush=True,
+                    )
+        await asyncio.sleep(every)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -73,12 +74,24 @@ def runs_of(counter: Path) -> dict[str, int]:
     return {label: lines.count(label) for label in set(lines)}
 
 
-def grade_command(subs: Path, out: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``python -m helpers.grade`` in a process of its own (stdout and stderr together, line by line)."""
+def course_copy(root: Path, *, differ: bool = False) -> Path:
+    """A checkout of the course of a test's own (``helpers/``, ``solutions/``, ``notebooks/``, ``tests/nbval.cfg``):
+    its fingerprint does not change while others edit the course. ``differ``: one commit apart (a solution's text
+    differs), so its fingerprint is another."""
+    for part in ("helpers", "solutions", "notebooks"):
+        shutil.copytree(ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / "tests").mkdir()
+    shutil.copy2(contract.SANITIZE, root / "tests" / "nbval.cfg")
+    if differ:
+        path = root / "solutions" / "00_welcome.ipynb"
+        path.write_text(path.read_text().replace("Welcome", "Welcome back", 1))
+    return root
+
+
+def grade_command(subs: Path, out: Path, *args: str, cwd: Path = ROOT) -> subprocess.Popen[str]:
+    """``python -m helpers.grade`` in a process of its own, in the checkout ``cwd`` (stdout and stderr together)."""
     cmd = [sys.executable, "-m", "helpers.grade", str(subs), "--out", str(out), *args]
-    return subprocess.Popen(
-        cmd, cwd=ROOT, env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
+    return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def worker_command(home: Path, jobs: int = 1, cwd: Path = ROOT) -> subprocess.Popen[str]:

@@ -7,6 +7,7 @@ Each test grades on a Temporal server of its own (``private_server``); notebook 
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 import os
@@ -20,8 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from grading_support import (
     counted,
+    course_copy,
     grade_command,
     kill9,
     load,
@@ -122,8 +125,9 @@ def test_kill_9_of_the_grader_then_the_same_command_resumes_without_grading_anyt
     kinds = _class(tmp_path / "subs", 5, counter)
     out = tmp_path / "out"
     args = ("--jobs", "1", "--notebook", "00")
+    checkout = course_copy(tmp_path / "course")  # the same course files for both commands
     with private_server(tmp_path / "server"):
-        first = grade_command(tmp_path / "subs", out, *args)
+        first = grade_command(tmp_path / "subs", out, *args, cwd=checkout)
         seen = read_until(first, lambda line: line.startswith("[2/5]"), timeout=90)
         assert any(line.startswith("[2/5]") for line in seen), seen
         kill9(first)
@@ -131,7 +135,7 @@ def test_kill_9_of_the_grader_then_the_same_command_resumes_without_grading_anyt
         assert not _wait_gone(first.pid), "the killed grader's nbval runs and kernels died with it"
         marker = json.loads((out / run.RESUME_FILE).read_text())
 
-        again = grade_command(tmp_path / "subs", out, *args)
+        again = grade_command(tmp_path / "subs", out, *args, cwd=checkout)
         output, _ = again.communicate(timeout=120)
     assert again.returncode == 0, output
     assert f"Resuming grading run {marker['run_id']}" in output
@@ -149,29 +153,24 @@ def test_kill_9_of_the_grader_then_the_same_command_resumes_without_grading_anyt
 # --------------------------------------------------------------------------- workers on other machines
 
 
-def _course_copy(root: Path) -> Path:
-    """Another checkout of the course, one commit apart: a solution's text differs."""
-    for part in ("helpers", "solutions", "notebooks"):
-        shutil.copytree(contract.ROOT / part, root / part, ignore=shutil.ignore_patterns("__pycache__"))
-    (root / "tests").mkdir()
-    shutil.copy2(contract.SANITIZE, root / "tests" / "nbval.cfg")
-    path = root / "solutions" / f"{NB}.ipynb"
-    path.write_text(path.read_text().replace("Welcome", "Welcome back", 1))
-    return root
-
-
 def test_two_workers_share_a_run_one_killed_mid_run_and_other_course_files_never_grade_it(tmp_path):
     kinds = _class(tmp_path / "subs", 6)
+    checkout = course_copy(tmp_path / "course")
     with private_server(tmp_path / "server"):
-        reference = run.grade(tmp_path / "subs", tmp_path / "ref", jobs=2, only_notebooks=["00"], quiet=True)
-        a = worker_command(tmp_path / "machine-a")
-        b = worker_command(tmp_path / "machine-b")
-        c = worker_command(tmp_path / "machine-c", cwd=_course_copy(tmp_path / "other-checkout"))
+        settings = Settings(source=checkout)
+        reference = run.grade(
+            tmp_path / "subs", tmp_path / "ref", jobs=2, only_notebooks=["00"], quiet=True, settings=settings,
+            solutions=checkout / "solutions",
+        )  # fmt: skip
+        a = worker_command(tmp_path / "machine-a", cwd=checkout)
+        b = worker_command(tmp_path / "machine-b", cwd=checkout)
+        c = worker_command(tmp_path / "machine-c", cwd=course_copy(tmp_path / "other-checkout", differ=True))
         try:
             banners = {w: read_until(w, lambda line: "Grading worker for course files" in line, 60) for w in (a, b, c)}
             fingerprints = {w: re.search(r"course files (\w+)", banners[w][-1])[1] for w in (a, b, c)}  # type: ignore[index]
             assert fingerprints[a] == fingerprints[b] != fingerprints[c]
-            command = grade_command(tmp_path / "subs", tmp_path / "out", "--jobs", "0", "--notebook", "00")
+            only_others = ("--jobs", "0", "--notebook", "00")  # no grading slots in the command: the workers grade
+            command = grade_command(tmp_path / "subs", tmp_path / "out", *only_others, cwd=checkout)
             # Kill machine A while it grades its second notebook (it finished one before).
             lines_a = read_until(a, lambda line: line.startswith("graded "), 60)
             lines_a += read_until(a, lambda line: line.startswith("grading "), 30)
@@ -206,16 +205,37 @@ def test_two_workers_share_a_run_one_killed_mid_run_and_other_course_files_never
 # --------------------------------------------------------------------------- payloads
 
 
+async def _executions(workflow_id: str) -> int:
+    from helpers import server
+
+    client = await server.connect(server.target())
+    return len([w async for w in client.list_workflows(f'WorkflowId = "{workflow_id}"')])
+
+
 def test_a_notebook_too_large_to_travel_is_an_error_row_never_a_hung_run(tmp_path):
     fine = SOLUTION
     big = with_cell(SOLUTION, "setup", "blob", "DATA = '" + "x" * 150_000 + "'\n")  # over this server's limit
     huge = with_cell(SOLUTION, "setup", "blob", "DATA = '" + "x" * 1_500_000 + "'\n")  # over the grader's own
     write_class(tmp_path / "subs", {"fine": {NB: fine}, "big": {NB: big}, "huge": {NB: huge}})
     limits = {"limit.blobSize.error": 100_000, "limit.blobSize.warn": 50_000}
+    checkout = course_copy(tmp_path / "course")
+    options = {"jobs": 2, "only_notebooks": ["00"], "quiet": True, "solutions": checkout / "solutions"}
+    options["settings"] = Settings(source=checkout)
     started = time.monotonic()
-    with private_server(tmp_path / "server", dynamic_config=limits):
-        book = run.grade(tmp_path / "subs", tmp_path / "out", jobs=2, only_notebooks=["00"], quiet=True)
-    assert time.monotonic() - started < 60
+    with private_server(tmp_path / "server", dynamic_config=limits), pytest.MonkeyPatch.context() as mp:
+        mp.setattr(plan, "CHILDREN_PER_RUN", 1)  # the run workflow continues as new after each learner
+        book = run.grade(tmp_path / "subs", tmp_path / "out", **options)
+        assert time.monotonic() - started < 60
+        runs = asyncio.run(_executions(book.meta["run_id"]))
+        # Killed after the run completed but before the gradebook was written: the same command only collects.
+        marker = {"run_id": book.meta["run_id"], "inputs": book.meta["run_inputs"]}
+        shutil.rmtree(tmp_path / "out")
+        (tmp_path / "out").mkdir()
+        (tmp_path / "out" / run.RESUME_FILE).write_text(json.dumps(marker))
+        again = run.grade(tmp_path / "subs", tmp_path / "out", **options)
+    assert runs == 2  # two learners with something to run, one per run of the workflow
+    assert again.meta["run_id"] == book.meta["run_id"] and again.meta["graded_before_this_command"] == 2
+    assert [r.__dict__ for r in again.rows] == [r.__dict__ for r in book.rows]
     rows = {(r.learner, r.exercise): r for r in book.rows}
     assert {rows[("fine", ex.id)].status for ex in REF.exercises} == {"passed"}
     for ex in REF.exercises:

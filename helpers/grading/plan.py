@@ -16,6 +16,7 @@ HEARTBEAT_TIMEOUT = timedelta(seconds=10)  # a grading worker that stops heartbe
 GRADE_ATTEMPTS = 4  # a notebook whose grading is cut off this often (its worker killed or stopped) gets error rows
 CHILDREN_PER_RUN = 500  # learners per run of the run workflow before it continues as new (bounded histories)
 FETCH_TIMEOUT = timedelta(seconds=60)
+RUN_TIMEOUT = timedelta(days=7)  # a run nobody comes back for (its gradebook folder deleted) ends by itself
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class RunPlan:
     files_queue: str  # the grading command's own queue: it reads the submissions and hands them over
     limits: Limits
     learners: list[LearnerPlan]
+    children_per_run: int = CHILDREN_PER_RUN
 
 
 @dataclass
@@ -96,6 +98,11 @@ class LearnerOutcome:
     the results of its grading activities, read from its history)."""
 
     failed: dict[str, str] = field(default_factory=dict)  # notebook -> why
+
+
+def run_id(inputs: str, nonce: str) -> str:
+    """A grading run's workflow id: the digest of its inputs (what decides the grades), and a nonce of its own."""
+    return f"course-grade-{inputs[:12]}-{nonce}"
 
 
 def task_queue(fingerprint: str) -> str:

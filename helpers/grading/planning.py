@@ -18,6 +18,7 @@ from temporalio import activity
 from temporalio.converter import DataConverter
 
 from helpers import contract
+from helpers.grading import plan as runs
 from helpers.grading.notebook import NotebookResult, rows_for
 from helpers.grading.plan import (
     MAX_PAYLOAD_BYTES,
@@ -132,7 +133,7 @@ class Planner:
                 if not ref.exercises:
                     local[key] = result
                     continue
-                sub = self.submission(name, ref.name, path, result.notes, run_id="x" * 29)
+                sub = self.submission(name, ref.name, path, result.notes, run_id=runs.run_id("0" * 12, "0" * 8))
                 if sub.error is not None:
                     result.rows = rows_for(name, ref, "error", sub.error)
                     local[key] = result
@@ -160,8 +161,9 @@ class Planner:
             if lp.jobs:
                 learner_plans.append(lp)
         inputs = identity.hexdigest()
-        run_id = f"course-grade-{inputs[:16]}"
-        plan = RunPlan(run_id, fingerprint, task_queue(fingerprint), f"{run_id}-files", limits, learner_plans)
+        run_id = runs.run_id(inputs, nonce="0" * 8)  # the command picks the nonce: a new run, or the one to resume
+        queue = task_queue(fingerprint)
+        plan = RunPlan(run_id, fingerprint, queue, f"{run_id}-files", limits, learner_plans, runs.CHILDREN_PER_RUN)
         self.planned = Planned(
             plan, local, sources, order, {r.name: r for r in refs}, [n for n, _ in people], inputs, oversized
         )

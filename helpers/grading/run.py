@@ -26,7 +26,8 @@ from helpers import contract, server
 from helpers.grading.course_files import Course
 from helpers.grading.gradebook import Gradebook, UsageError, merge, prepare_out, previous_gradebook, write_gradebook
 from helpers.grading.notebook import INTERRUPTED, TAMPERED, NotebookResult, Settings, rows_for
-from helpers.grading.plan import LearnerOutcome, LearnerPlan, Limits, learner_workflow_id
+from helpers.grading.plan import RUN_TIMEOUT, LearnerOutcome, LearnerPlan, Limits, learner_workflow_id
+from helpers.grading.plan import run_id as new_run_id
 from helpers.grading.planning import Key, Planned, Planner, learner_folders
 from helpers.grading.progress import Progress, Running, State
 from helpers.grading.watch import RepoWatch
@@ -82,7 +83,9 @@ def grade(
     prepare_out(out)
     selection = [*only_learners, *only_notebooks]
     old = previous_gradebook(out) if selection else None
-    course = Course.snapshot(settings.source, solutions)  # before any notebook runs; kernels get copies of it
+    templates = solutions.parent / "notebooks"  # the learner copies beside the solutions (another checkout's too)
+    # Before any notebook runs; kernels get copies of it.
+    course = Course.snapshot(settings.source, solutions, templates if templates.is_dir() else contract.NOTEBOOKS)
     refs = [r for r in course.references if not only_notebooks or any(r.name.startswith(n) for n in only_notebooks)]
     if not refs:
         raise SystemExit(f"error: no solution notebooks matched in {solutions}")
@@ -190,11 +193,11 @@ class Session:
         return book
 
     async def _grade_on_temporal(self, stop: asyncio.Event) -> bool:
-        from temporalio.common import WorkflowIDConflictPolicy
+        from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
         from temporalio.worker import Worker
 
         client = await _connect(self.where)
-        run_id = await self._run_id(client)
+        run_id, finished = await self._run_id(client)
         plan = dataclasses.replace(self.planned.plan, run_id=run_id, files_queue=f"{run_id}-files")
         self.planned.plan = plan
         tasks: list[asyncio.Task[Any]] = []
@@ -217,16 +220,22 @@ class Session:
         else:  # the run's workflows still need a worker here; the grading is left to other workers
             grading = Worker(client, task_queue=plan.task_queue, workflows=[GradingRun, GradeLearner])
         tasks.append(asyncio.ensure_future(grading.run()))
-        handle = await client.start_workflow(
-            GradingRun.run,
-            plan,
-            id=run_id,
-            task_queue=plan.task_queue,
-            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-        )
+        # Written first: killed right after the start, the next command still finds the run.
         (self.out / RESUME_FILE).write_text(
             json.dumps({"run_id": run_id, "inputs": self.planned.inputs, "started": time.strftime("%F %T")}) + "\n"
         )
+        if finished:  # it completed after the command that started it was killed: only its grades are missing here
+            handle = client.get_workflow_handle(run_id)
+        else:  # a new run, or the running one of this id (a resumed command attaches to it)
+            handle = await client.start_workflow(
+                GradingRun.run,
+                plan,
+                id=run_id,
+                task_queue=plan.task_queue,
+                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+                id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                execution_timeout=RUN_TIMEOUT,
+            )
         link = f"{self.where.ui_url}/namespaces/{self.where.namespace}/workflows/{run_id}" if self.where.ui_url else ""
         self.progress.line(f"Grading run {run_id}" + (f": {link}" if link else ""))
         interrupted = False
@@ -250,8 +259,10 @@ class Session:
             self.progress.close()
         return interrupted
 
-    async def _run_id(self, client: Any) -> str:
-        """This gradebook folder's unfinished run (the same inputs) to resume, else a new run's id."""
+    async def _run_id(self, client: Any) -> tuple[str, bool]:
+        """This gradebook folder's unfinished run (the same inputs) to resume, else a new run's id; and whether the
+        run to resume has completed already."""
+        from temporalio.client import WorkflowExecutionStatus
         from temporalio.service import RPCError
 
         marker = self.out / RESUME_FILE
@@ -261,17 +272,21 @@ class Session:
             earlier = None
         if isinstance(earlier, dict) and isinstance(earlier.get("run_id"), str):
             same = earlier.get("inputs") == self.planned.inputs
-            if same and not self.fresh:
-                with contextlib.suppress(RPCError):  # gone (another server, or its retention passed): start anew
-                    await client.get_workflow_handle(earlier["run_id"]).describe()
-                    self.progress.line(f"Resuming grading run {earlier['run_id']} (started {earlier.get('started')}).")
-                    return str(earlier["run_id"])
-            else:
+            status = None
+            with contextlib.suppress(RPCError):  # gone (another server, or its retention passed): start anew
+                status = (await client.get_workflow_handle(earlier["run_id"]).describe()).status
+            running = status == WorkflowExecutionStatus.RUNNING
+            if same and not self.fresh and (running or status == WorkflowExecutionStatus.COMPLETED):
+                self.progress.line(f"Resuming grading run {earlier['run_id']} (started {earlier.get('started')}).")
+                return str(earlier["run_id"]), not running
+            if status is not None and not running:
+                self.progress.line(f"Not resuming grading run {earlier['run_id']}: it ended ({status.name.lower()}).")
+            elif status is not None:
                 why = "--fresh was given" if same else "the submissions, the course files or the options changed"
                 with contextlib.suppress(RPCError):  # already closed
                     await client.get_workflow_handle(earlier["run_id"]).terminate(f"superseded: {why}")
                 self.progress.line(f"Not resuming the unfinished grading run {earlier['run_id']}: {why}.")
-        return f"course-grade-{self.planned.inputs[:12]}-{secrets.token_hex(4)}"
+        return new_run_id(self.planned.inputs, secrets.token_hex(4)), False
 
     # ------------------------------------------------------------------ following the run
 
@@ -463,6 +478,7 @@ class Session:
                 "notebook_timeout": self.settings.notebook_timeout,
                 "server": self.where.address,
                 "run_id": self.planned.plan.run_id,
+                "run_inputs": self.planned.inputs,  # digest of the submissions, course files and options graded
                 "course_fingerprint": self.course.fingerprint[:16],
                 "graded_by": dict(workers),
                 "graded_before_this_command": self.already,

@@ -26,7 +26,6 @@ from temporalio.exceptions import TimeoutError as ActivityTimeout
 
 with workflow.unsafe.imports_passed_through():
     from helpers.grading.plan import (
-        CHILDREN_PER_RUN,
         FETCH_TIMEOUT,
         GRADE_ATTEMPTS,
         HEARTBEAT_TIMEOUT,
@@ -47,7 +46,7 @@ TOO_LARGE = "PayloadsTooLarge"  # the SDK's error type for a payload over the se
 class GradingRun:
     @workflow.run
     async def run(self, plan: RunPlan) -> int:
-        batch, rest = plan.learners[:CHILDREN_PER_RUN], plan.learners[CHILDREN_PER_RUN:]
+        batch, rest = plan.learners[: plan.children_per_run], plan.learners[plan.children_per_run :]
         children = [
             await workflow.start_child_workflow(
                 GradeLearner.run,

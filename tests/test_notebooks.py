@@ -62,6 +62,12 @@ def test_learner_notebook_runs_all_and_checks_say_not_done(path: Path):
 
 
 CELL_BUDGET_S = 10.0
+# A cell tagged `benchmark` deliberately measures (throughput, latency): it may take this long.
+BENCHMARK_TAG, BENCHMARK_BUDGET_S = "benchmark", 30.0
+
+
+def _budget(cell) -> float:
+    return BENCHMARK_BUDGET_S if BENCHMARK_TAG in cell.metadata.get("tags", []) else CELL_BUDGET_S
 
 
 def _seconds(cell) -> float:
@@ -77,7 +83,8 @@ def _seconds(cell) -> float:
 @pytest.mark.parametrize("path", SOLUTIONS, ids=lambda p: p.name)
 def test_solution_runs_twice_in_one_kernel_within_the_cell_budget(path: Path):
     """Run All, then Run All again in the same kernel (a learner re-running everything): no errors, no
-    leftover workers or id clashes, the same verdicts, and every cell within its 10 s budget."""
+    leftover workers or id clashes, the same verdicts, and every cell within its budget (10 s; 30 s for a cell
+    tagged `benchmark`)."""
     nb = nbformat.read(path, as_version=4)
     twice = copy.deepcopy(nb)
     second = copy.deepcopy(nb.cells)
@@ -89,8 +96,8 @@ def test_solution_runs_twice_in_one_kernel_within_the_cell_budget(path: Path):
     )
     client.record_timing = True
     client.execute()
-    slow = {c.id: round(_seconds(c), 1) for c in twice.cells if c.cell_type == "code" and _seconds(c) > CELL_BUDGET_S}
-    assert not slow, f"cells over {CELL_BUDGET_S:g} s: {slow}"
+    slow = {c.id: round(_seconds(c), 1) for c in twice.cells if c.cell_type == "code" and _seconds(c) > _budget(c)}
+    assert not slow, f"cells over their budget ({CELL_BUDGET_S:g} s, {BENCHMARK_BUDGET_S:g} s if benchmark): {slow}"
     verdicts = [_check_lines(c) for c in twice.cells if build.exercise_of(c)]
     half = len(verdicts) // 2
     assert verdicts[:half] == verdicts[half:]

@@ -201,8 +201,8 @@ async def check_price_catalog(parent: type, catalog: ModuleType) -> str:
     course = runtime.current()
     async with worker_for([parent, catalog.PriceChunk], [catalog.price_item], purpose="catalog") as queue:
         for n, size in CATALOG_RUNS:
-            handle = await course.start_workflow(
-                parent.run, n, size, task_queue=queue, id_prefix="check-05-2", show=False
+            handle = await course.start_workflow(  # result_type: take what it returns as it is, to judge it
+                parent.run, n, size, task_queue=queue, id_prefix="check-05-2", show=False, result_type=Any
             )
             total = await course.result(handle, 15, activity_retries=2)
             _judge_catalog(list((await handle.fetch_history()).events), total, n, size, catalog)
@@ -295,7 +295,12 @@ async def _watch_chain(client: Client, handle: WorkflowHandle[Any, Any]) -> None
 
 async def _run_tally(client: Client, tally: ModuleType, queue: str, workflow_id: str) -> tuple[Any, Any]:
     handle: WorkflowHandle[Any, Any] = await client.start_workflow(
-        tally.Tally.run, STREAM_END, id=workflow_id, task_queue=queue, execution_timeout=runtime.EXECUTION_TIMEOUT
+        tally.Tally.run,
+        STREAM_END,
+        id=workflow_id,
+        task_queue=queue,
+        execution_timeout=runtime.EXECUTION_TIMEOUT,
+        result_type=Any,  # take what it returns as it is, to judge it
     )
     result = asyncio.ensure_future(handle.result())
     watch = asyncio.ensure_future(_watch_chain(client, handle))

@@ -103,18 +103,29 @@ def is_unavailable(err: BaseException) -> bool:
     return False
 
 
-def server_not_answering(address: str) -> ServerNotAnswering:
+def server_not_answering(address: str, *, course_server: bool = True) -> ServerNotAnswering:
+    """The error for a server that does not answer. ``course_server=False``: a server the notebook started itself
+    (a throwaway demo server), which the setup cell does not bring back."""
+    if course_server:
+        hint = (
+            "re-run the setup cell at the top of the notebook: it starts the course's local server again and "
+            "reconnects (or run `make server-start` in a terminal). On a workshop's server, tell your instructor."
+        )
+    else:
+        hint = (
+            "this is a server the notebook started itself (a throwaway demo server, stopped or killed since): "
+            "re-run the cell that starts it."
+        )
     return ServerNotAnswering(
         f"The Temporal server at {address} is not answering (stopped, or still starting?). "
-        "This is not a problem with your code.\n"
-        "Hint: re-run the setup cell at the top of the notebook: it starts the course's local server again and "
-        "reconnects (or run `make server-start` in a terminal). On a workshop's server, tell your instructor."
+        f"This is not a problem with your code.\nHint: {hint}"
     )
 
 
 # --------------------------------------------------------------------------- hints
 
 SANDBOX_FIXES = {
+    "time.sleep": "`await workflow.sleep(...)` (or asyncio.sleep) instead of time.sleep",
     "datetime": "workflow.now() instead of datetime.now()",
     "random": "workflow.random() instead of the random module",
     "uuid": "workflow.uuid4() instead of uuid.uuid4()",
@@ -163,7 +174,22 @@ def hint_for(failure: str) -> str | None:
         )
     if "is not registered on this worker" in failure:
         return "start the worker with every workflow and activity it must run (course.start_worker(...))."
+    if "Failed decoding arguments" in failure:
+        return (
+            "the activity could not read the arguments it was given: does each one have the type its signature "
+            "says (e.g. a number, not a text like f'{amount:.2f}')?"
+        )
+    if "StartToClose timeout" in failure:
+        return (
+            "an attempt ran longer than its start_to_close_timeout and was given up: does the activity wait for "
+            "something that never comes (an endless loop, an await that never finishes)?"
+        )
     return None
+
+
+def _without_backtrace(text: str) -> str:
+    """The SDK's core errors can carry a Rust backtrace of dozens of frames: keep the message only."""
+    return text.split("\n\nStack backtrace:")[0].split("\nStack backtrace:")[0].rstrip()
 
 
 def short_failure(err: BaseException) -> str:
@@ -173,7 +199,7 @@ def short_failure(err: BaseException) -> str:
     current: BaseException | None = err
     while current is not None and id(current) not in seen:
         seen.add(id(current))
-        parts.append(f"{type(current).__name__}: {current}".rstrip(": "))
+        parts.append(_without_backtrace(f"{type(current).__name__}: {current}".rstrip(": ")))
         current = current.__cause__ or (None if current.__suppress_context__ else current.__context__)
     return "\n  caused by ".join(parts)
 
@@ -195,7 +221,10 @@ def user_frame(stack: str) -> str | None:
     frames = [
         m
         for m in _FRAME.finditer(stack or "")
-        if "temporalio" not in m[1] and "/lib/python" not in m[1] and not m[1].startswith("<")  # <string>, <frozen …>
+        if "temporalio" not in m[1]
+        and "/lib/python" not in m[1]
+        and not m[1].startswith("<")  # <string>, <frozen …>
+        and not m[1].endswith(("helpers/watchdog.py", "helpers/kernel.py"))  # the course's own machinery
     ]
     if not frames:
         return None

@@ -14,9 +14,13 @@ the magic exists before the setup cell runs and says what to do instead of "Cell
 
 from __future__ import annotations
 
+import ast
+import asyncio
+import contextlib
 import importlib
 import importlib.util
 import linecache
+import re
 import shutil
 import sys
 import traceback
@@ -86,6 +90,34 @@ def in_ipython() -> Any:
     return get_ipython()
 
 
+class BrokenModule:
+    """Stands in for a ``%%module`` whose latest version did not import: using it says so, instead of silently
+    running the version before (a check would judge the old code)."""
+
+    def __init__(self, name: str, problem: str) -> None:
+        self._name = name
+        self._problem = problem
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        raise CourseError(
+            f"%%module {self._name} did not import the last time its cell ran ({self._problem}); "
+            "fix that cell and run it again."
+        )
+
+    def __repr__(self) -> str:
+        return f"<%%module {self._name}: did not import: {self._problem}>"
+
+
+def _scratch_module(name: str) -> bool:
+    """Is ``name`` a module written by ``%%module`` in this kernel?"""
+    runtime = sys.modules.get("helpers.runtime")
+    current = getattr(runtime, "_current", None)
+    module = sys.modules.get(name)
+    return current is not None and module is not None and _in_scratch(module, current.scratch)
+
+
 def register(shell: Any, scratch: Path | None) -> None:
     """``%%module`` (writing into ``scratch``; without one, it asks for the setup cell) and short errors.
 
@@ -96,38 +128,91 @@ def register(shell: Any, scratch: Path | None) -> None:
         name = line.strip()
         if scratch is None:
             raise CourseError(f"%%module {name}: the course is not set up in this kernel yet. {SETUP_FIRST}")
-        shell.user_ns[name] = write_module(scratch, name, cell, first_line=2)
+        try:
+            loaded = write_module(scratch, name, cell, first_line=2)
+        except CourseError as err:
+            if name.isidentifier():
+                shell.user_ns[name] = BrokenModule(name, str(err).split(": ", 1)[-1])
+            raise
+        shell.user_ns[name] = loaded
 
     shell.register_magic_function(module, magic_kind="cell", magic_name="module")
+    with contextlib.suppress(ValueError):
+        shell.events.unregister("post_run_cell", _warn_workflow_outside_module)
+    shell.events.register("post_run_cell", _warn_workflow_outside_module)
+    quick = (CourseError, NameError, AttributeError, asyncio.CancelledError, KeyboardInterrupt)
     if scratch is None:
-        shell.set_custom_exc((CourseError, NameError), _render_short)
+        shell.set_custom_exc(quick, _render_short)
         return
     from temporalio import workflow
     from temporalio.exceptions import TemporalError
 
-    shell.set_custom_exc((CourseError, TemporalError, workflow.NondeterminismError, NameError), _render_short)
+    shell.set_custom_exc((*quick, TemporalError, workflow.NondeterminismError), _render_short)
+
+
+def _warn_workflow_outside_module(result: Any) -> None:
+    """A cell that defines a workflow without ``%%module`` (its first line deleted, say): the sandbox cannot load
+    it from the notebook, and cells below would go on using the module's older version."""
+    source = getattr(getattr(result, "info", None), "raw_cell", "") or ""
+    if source.lstrip().startswith("%%") or "workflow.defn" not in source:
+        return
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and any("workflow.defn" in ast.unparse(d) for d in node.decorator_list):
+            print(
+                f"Note: {node.name} is a workflow defined in the notebook itself. Temporal's sandbox loads workflows "
+                "from a module file: make `%%module <name>` the first line of this cell (as it was), and run it again."
+            )
+            return
+
+
+_MISSING_ATTR = re.compile(r"^module '(\w+)' has no attribute '(\w+)'")
 
 
 def _render_short(shell: Any, etype: type, value: BaseException, tb: Any, tb_offset: Any = None) -> list[str]:
     """IPython hook: course and workflow errors print as a few lines, not a 60-line traceback."""
-    from temporalio.client import WorkflowFailureError
+    from helpers.errors import is_unavailable
 
-    from helpers.errors import is_unavailable, server_not_answering
-
-    if isinstance(value, NameError):
+    if isinstance(value, AttributeError):
+        m = _MISSING_ATTR.match(str(value))
+        if m is None or not _scratch_module(m[1]):  # not about a %%module: the normal traceback
+            stb = shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset=tb_offset)
+            shell._showtraceback(etype, value, stb)
+            return stb
+        text = (
+            f"AttributeError: {value}{_cell_line(tb)}.\nHint: the cells below a %%module cell use the names it "
+            f"defined: keep {m[2]} as it was named in %%module {m[1]}, and run that cell again."
+        )
+    elif isinstance(value, asyncio.CancelledError | KeyboardInterrupt):
+        text = "Interrupted: the cell was stopped before it finished. Run it again when you are ready."
+    elif isinstance(value, NameError):
         text = f"NameError: {value}{_cell_line(tb)}.\nHint: {SETUP_FIRST}"
     elif not isinstance(value, CourseError) and is_unavailable(value):
-        from helpers import runtime
-
-        address = runtime._current.target.address if runtime._current else "the configured address"
-        text = str(server_not_answering(address))
+        text = _unavailable_text()
     else:
+        from temporalio.client import WorkflowFailureError
+
         text = short_failure(value)
         if isinstance(value, WorkflowFailureError):
             text += "\nHint: the workflow failed (it did not hang). Read the innermost cause above."
     stb = [f"\x1b[0;31m{text}\x1b[0m"]
     shell._showtraceback(etype, value, stb)
     return stb
+
+
+def _unavailable_text() -> str:
+    """A raw connection error from some client: which server it was is not in the error, so say both cases."""
+    runtime = sys.modules.get("helpers.runtime")
+    current = getattr(runtime, "_current", None)
+    course = f" (the course's is at {current.target.address})" if current is not None else ""
+    return (
+        "A Temporal server is not answering (connection refused). This is not a problem with your code.\n"
+        f"Hint: if it is the course's server{course}, re-run the setup cell at the top of the notebook; if it is a "
+        "server this notebook started itself (a throwaway demo server), re-run the cell that starts it."
+    )
 
 
 def _cell_line(tb: Any) -> str:

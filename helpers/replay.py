@@ -127,6 +127,8 @@ class NotesTable:
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch, Rectangle
 
+        if not any(n.source == "workflow" for n in self.items):
+            raise CourseError("No lines were recorded yet: run the workflow cell above first, then this one.")
         order, tasks, cells = self.grid()
         style = {
             "live": {"facecolor": "#1a7f37"},

@@ -123,6 +123,7 @@ class Course:
     session: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
     workers: dict[str, RunningWorker] = field(default_factory=dict)
     last: WorkflowHandle[Any, Any] | None = None
+    started: list[WorkflowHandle[Any, Any]] = field(default_factory=list, repr=False)  # every run started here
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
     _executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(max_workers=16))
 
@@ -181,6 +182,8 @@ class Course:
     ) -> RunningWorker:
         """Run a worker in the background of this kernel, replacing one already on the same task queue."""
         queue = task_queue or self.task_queue
+        if not await self.healthy():  # before touching the running worker: it must survive a refused start
+            raise server_not_answering(self.target.address)
         await self.stop_worker(queue)
         watchdog.watch()  # an `async def` activity that never awaits would freeze this kernel: stop it instead
         try:
@@ -247,6 +250,7 @@ class Course:
             )
         )
         self.last = handle
+        self.started.append(handle)
         if show:
             self.show_link(handle, wf_name)
         return handle
@@ -323,6 +327,10 @@ def quiet_sdk_logs() -> None:
         # A forgotten `await` in workflow code is reported with a hint; Python's own warning would land on
         # stderr under whichever cell happens to run when the coroutine is garbage-collected.
         warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
+        # The SDK's notes about its own bookkeeping, which land on stderr under an unrelated cell: a cancel for an
+        # activity the course already stopped, and an import inside workflow code (the verdict names that one).
+        warnings.filterwarnings("ignore", message="Cannot find activity to cancel")
+        warnings.filterwarnings("ignore", message="Module .* was imported after initial workflow load")
 
 
 async def connect(where: server.Target, timeout: float = 10.0) -> Client:
@@ -356,11 +364,16 @@ async def start(notebook: str, *, quiet: bool = False) -> Course:
         if await course.healthy():
             say(f"Temporal server at {where.address}, namespace {where.namespace!r}: found it running.")
         else:
+            from helpers import worker
+
             started = await _ensure_server(where)
             course.client = await connect(where)
             await course.restart_workers()
+            processes = await worker.restart_processes(course)
             how = "it had stopped, so the course started it again" if started else "it answers again"
             say(f"Temporal server at {where.address}, namespace {where.namespace!r}: {how}; reconnected.")
+            if processes:
+                say(f"Restarted {len(processes)} worker process(es) on it: " + "; ".join(map(repr, processes)))
         if course.workers:
             listing = "; ".join(f"{w.task_queue} ({', '.join(w.names)})" for w in course.workers.values())
             say(f"Still running from before: {len(course.workers)} background worker(s): {listing}")

@@ -151,6 +151,11 @@ async def _stuck(client: Client, handle: WorkflowHandle[Any, Any], timeout: floa
         lines.append(
             f"Hint: no worker is polling task queue {desc.task_queue!r}: start one (course.start_worker(...))."
         )
+    elif any(p.running and p.last_failure and "StartToClose timeout" in p.last_failure for p in pending):
+        lines.append(
+            "Hint: its attempts keep running out of time (start_to_close_timeout) and are retried: does the activity "
+            "wait for something that never comes (an endless loop, an await that never finishes)?"
+        )
     elif any(p.running for p in pending):
         lines.append(
             "Hint: an activity that never returns keeps its workflow waiting: an endless loop, or an await that "

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from helpers import server
-from helpers.errors import CourseError
+from helpers.errors import CourseError, server_not_answering
 
 if TYPE_CHECKING:
     from helpers.runtime import Course
@@ -122,10 +122,11 @@ class ChildProcess:
 
 @dataclass(repr=False)
 class WorkerProcess(ChildProcess):
-    """A Temporal worker in its own OS process."""
+    """A Temporal worker in its own OS process (``spec``: how :func:`start_process` started it)."""
 
     task_queue: str = ""
     names: tuple[str, ...] = ()
+    spec: dict[str, Any] = field(default_factory=dict)
 
     def __repr__(self) -> str:
         return f"Worker process on task queue {self.task_queue} ({', '.join(self.names)}): {self.state()}"
@@ -188,6 +189,9 @@ async def start_process(
     for name in names:
         if name.count(":") != 1:
             raise CourseError(f"{name!r}: name workflows and activities as 'module:attr', e.g. 'orders:charge'.")
+    where = target or course.target
+    if await server.probe(where, 2.0) != "temporal":
+        raise server_not_answering(where.address, course_server=where == course.target)
     key = queue if replace else f"{queue}#{next(_counter)}"
     if replace and (old := _children.pop(queue, None)) is not None:
         await old.stop()
@@ -196,9 +200,17 @@ async def start_process(
     args += [a for w in workflows for a in ("--workflow", w)] + [a for a in activities for a in ("--activity", a)]
     if max_concurrent_activities is not None:
         args += ["--max-concurrent-activities", str(max_concurrent_activities)]
-    proc, log_path = _spawn(course, args, "worker", _target_env(target or course.target))
+    proc, log_path = _spawn(course, args, "worker", _target_env(where))
+    spec = {
+        "workflows": tuple(workflows),
+        "activities": tuple(activities),
+        "task_queue": queue,
+        "target": target,
+        "max_concurrent_activities": max_concurrent_activities,
+        "replace": replace,
+    }
     child = WorkerProcess(
-        "worker process", proc, log_path, task_queue=queue, names=tuple(n.split(":")[1] for n in names)
+        "worker process", proc, log_path, task_queue=queue, names=tuple(n.split(":")[1] for n in names), spec=spec
     )
     _children[key] = child
     loop = asyncio.get_running_loop()
@@ -213,6 +225,18 @@ async def start_process(
         await asyncio.sleep(0.05)
     ready.unlink(missing_ok=True)
     return child
+
+
+async def restart_processes(course: Course) -> list[WorkerProcess]:
+    """Start every running worker process of the course's server again (after the server came back: a fresh
+    process connects at once, where the old one may still be waiting out its reconnect backoff)."""
+    again = []
+    for key, child in list(_children.items()):
+        if isinstance(child, WorkerProcess) and child.alive and child.spec.get("target") in (None, course.target):
+            await child.stop()
+            _children.pop(key, None)
+            again.append(await start_process(course, **child.spec))
+    return again
 
 
 async def start_script(course: Course, function: str, *args: str) -> ChildProcess:

@@ -96,6 +96,9 @@ ENDLESS = "        while True:\n            pass"
 JOINED = f"        return ' '.join([{CALL} for n in names])"
 SORTED = f"        return [{CALL} for n in sorted(names)]"
 DEDUPLICATED = f"        return [{CALL} for n in dict.fromkeys(names)]"
+LAST_ONLY = f"""        for n in names:
+            g = {CALL}
+        return [g]"""
 # Correct, in other styles: a loop with append, and all calls at once with asyncio.gather (order kept).
 LOOP = f"""        out = []
         for n in names:
@@ -121,6 +124,7 @@ GATHER = """        import asyncio
         (ENDLESS, "failed", "without awaiting anything: an endless loop"),
         (JOINED, "failed", "your workflow returned 'Hello, Linus! Hello, Ada! Hello, Grace! Hello, Ada!'"),
         (SORTED, "failed", "in the order given"),  # issue 7.9: passed when the only team was sorted
+        (LAST_ONLY, "failed", "for the team [] your workflow code raised UnboundLocalError"),  # which input
         (DEDUPLICATED, "failed", "even when a name comes twice"),  # and when it had no repeated name
     ],
     ids=[
@@ -135,6 +139,7 @@ GATHER = """        import asyncio
         "endless",
         "joined",
         "sorted",
+        "last-only",
         "deduplicated",
     ],
 )
@@ -190,3 +195,48 @@ def test_sandbox_errors_get_the_fix_not_the_sdks_pass_through_advice():
     hint = errors.hint_for(failure)
     assert hint.startswith("The sandbox stopped your workflow when it called datetime.datetime.now(): use workflow.now")
     assert "Not the SDK's 'mark the import as pass through'" in hint
+
+
+@pytest.mark.parametrize(
+    ("failure", "hint"),
+    [  # walkthrough findings: hints that pointed at the wrong fix, or none
+        ("RestrictedWorkflowAccessError: Cannot access time.sleep.__call__ from inside a workflow.", "workflow.sleep"),
+        ("Failed decoding arguments", "a number, not a text"),
+        ("activity StartToClose timeout", "ran longer than its start_to_close_timeout"),
+    ],
+)
+def test_hints_name_the_fix(failure, hint):
+    from helpers import errors
+
+    assert hint in errors.hint_for(failure)
+
+
+UNAWAITED = """
+from datetime import timedelta
+from temporalio import workflow
+
+@workflow.defn
+class Forgets:
+    @workflow.run
+    async def run(self) -> None:
+        if workflow.patched("x"):
+            workflow.execute_activity("verify", start_to_close_timeout=timedelta(seconds=1))
+        await workflow.sleep(1)
+"""
+
+
+def test_a_wrong_verdict_mentions_a_call_made_without_await(scratch, capsys):
+    """Walkthrough finding (02.2): a forgotten await inside `if workflow.patched(...)` was blamed on `patched`."""
+    module = runtime.write_module(scratch, "forgets", UNAWAITED)
+    assert checks.unawaited_calls_note([module]) == (
+        "Also: line 10 of %%module forgets calls workflow.execute_activity(...) without `await`, so it never runs."
+    )
+    assert checks.unawaited_calls_note([module.Forgets]) is not None  # found through a class too
+    assert checks.unawaited_calls_note([runtime.write_module(scratch, "fine", "import time\ntime.sleep(0)\n")]) is None
+
+    @checks.exercise("09.3")
+    def check(mod):
+        raise checks.Wrong("a new run did not call verify.")
+
+    verdict = run_check(check, module, capsys=capsys)
+    assert verdict.message == "a new run did not call verify. " + checks.unawaited_calls_note([module])

@@ -68,17 +68,26 @@ def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_rec
         "from helpers.checks import exercise\n\n@exercise('09.1')\nasync def check():\n"
         "    assert await course.run(hello_k.Hi.run, 'x', show=False) == 'hi x'\n\nawait check()"
     )
+    start_worker = "await course.start_worker(workflows=[hello_k.Hi], activities=[hello_k.hi])"
+    process = (
+        "from helpers import worker\nproc = await worker.start_process(course, workflows=['hello_k:Hi'], "
+        "activities=['hello_k:hi'], task_queue=course.new_task_queue('p'))"
+    )
     cells = [
         setup,
         module,
-        "await course.start_worker(workflows=[hello_k.Hi], activities=[hello_k.hi])",
+        start_worker,
         "print(await course.run(hello_k.Hi.run, 'up', show=False))",
+        process,
         "print(server.stop(course.target))",
         "await course.run(hello_k.Hi.run, 'down', show=False)",
         "await course.history()",
         check,
+        start_worker,  # re-running the worker cell while the server is down must keep the worker
+        process,  # and a worker process cannot start either
         setup,
         "print(await course.run(hello_k.Hi.run, 'back', show=False, timeout=15))",
+        "print(await course.run(hello_k.Hi.run, 'p', show=False, timeout=15, task_queue=course.new_task_queue('p')))",
     ]
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
@@ -94,16 +103,29 @@ def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_rec
     stderr = [o.text for cell in outs for o in cell if o.output_type == "stream" and o.name == "stderr"]
     assert not stderr, stderr
     errors = {i: "\n".join(o.traceback) for i, cell in enumerate(outs) for o in cell if o.output_type == "error"}
-    assert sorted(errors) == [5, 6], errors  # the run and the history cells, nothing else
+    assert sorted(errors) == [6, 7, 9, 10], errors  # the run, the history, the worker and the process cells
     for text in errors.values():
         assert "is not answering" in text and "not a problem with your code" in text
-        assert "Traceback" not in text and "RPCError" not in text
-    verdict = outs[7][0].text
+        assert "Traceback" not in text and "RPCError" not in text and "backtrace" not in text
+    verdict = outs[8][0].text
     assert verdict.startswith("⚠️ 09.1 could not be checked: the Temporal server is not answering"), verdict
-    rerun = outs[8][0].text
+    rerun = outs[11][0].text
     assert "it had stopped, so the course started it again; reconnected" in rerun
     assert "Still running from before: 1 background worker(s)" in rerun
-    assert outs[9][0].text == "hi back\n"
+    assert "Restarted 1 worker process(es) on it" in rerun
+    assert outs[12][0].text == "hi back\n"
+    assert outs[13][0].text == "hi p\n"
+
+
+def test_a_stopped_demo_server_is_not_blamed_on_the_course_server():
+    """Walkthrough finding: after 01's clean-up stopped the throwaway server, re-running its cells said the
+    *course's* server was not answering and to re-run setup, which could not help."""
+    from helpers import errors, kernel
+
+    demo = str(errors.server_not_answering("localhost:36099", course_server=False))
+    assert "re-run the cell that starts it" in demo and "setup" not in demo
+    raw = kernel._unavailable_text()
+    assert "if it is the course's server" in raw and "re-run the cell that starts it" in raw
 
 
 def test_a_cpu_bound_activity_in_a_real_kernel_ends_in_a_verdict_and_the_kernel_lives_on():
@@ -130,3 +152,30 @@ def test_a_cpu_bound_activity_in_a_real_kernel_ends_in_a_verdict_and_the_kernel_
     assert outs[3].startswith("❌ 09.2 not right yet: activity crunch never lets the worker breathe"), outs[3]
     assert "async def" in outs[3]
     assert outs[4] == "still alive\n"
+
+
+def test_what_a_learner_breaks_in_module_cells_is_said_plainly():
+    """Walkthrough findings: a %%module that stops importing kept the older version for the check (a false ✅); a
+    deleted %%module line made a workflow in __main__; a renamed class gave a raw AttributeError traceback; an
+    interrupted cell a CancelledError traceback."""
+    setup = "from helpers import runtime\ncourse = await runtime.start('t', quiet=True)"
+    good = "%%module team_k\nfrom temporalio import workflow\n\n@workflow.defn\nclass Team:\n    @workflow.run\n"
+    good += "    async def run(self) -> int:\n        return 1"
+    broken = good.replace("    @workflow.run\n", "")
+    outs = _run(
+        setup,
+        good,
+        broken,
+        "team_k.Team",
+        good.removeprefix("%%module team_k\n"),
+        good,
+        "team_k.Teams",
+        "import asyncio\nraise asyncio.CancelledError()",
+    )
+    assert "failed to import" in outs[2]
+    assert "%%module team_k did not import the last time its cell ran" in outs[3]
+    assert outs[4].startswith("Note: Team is a workflow defined in the notebook itself") and "%%module" in outs[4]
+    assert outs[5] == ""
+    assert "AttributeError: module 'team_k' has no attribute 'Teams' (line 1 of this cell)" in outs[6]
+    assert "keep Teams as it was named in %%module team_k" in outs[6] and "Traceback" not in outs[6]
+    assert outs[7].startswith("\x1b[0;31mInterrupted: the cell was stopped")

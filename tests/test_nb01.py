@@ -457,6 +457,8 @@ def _solution_timeouts() -> dict:
         (..., "not_done", "fill in TIMEOUTS"),
         ({"charge": timedelta(seconds=5)}, "failed", "charge: 5 s is not longer than its slowest healthy call (8 s)"),
         ({"ship": timedelta(hours=1)}, "failed", "ship: 1 h is far longer"),
+        # walkthrough finding: the bound read "stay within 10× (1.33333 min)"
+        ({"charge": timedelta(minutes=10)}, "failed", "stay within 10× (80 s)"),
         ({"notify": 5}, "failed", "write it as a timedelta"),
         ({"notify": ...}, "not_done", "needs a timeout for 'notify'"),
         ({"ship": timedelta(seconds=2)}, "failed", "ship: 2 s is not longer than its slowest healthy call (3 s)"),
@@ -473,8 +475,9 @@ def test_nb01_timeouts(change, status, hint, capsys):
     verdict = run_check(lambda: nb01.check_timeouts(timeouts), capsys=capsys)
     assert (verdict.exercise, verdict.status) == ("01.3", status)
     assert hint in verdict.message, verdict.message
-    # charging twice is a risk of charge only
-    assert ("charging twice" in verdict.message) == (isinstance(change, dict) and "charge" in change)
+    # charging twice is a risk of charge only, and of a charge cut off too early
+    too_short = isinstance(change, dict) and "charge" in change and change["charge"] <= timedelta(seconds=8)
+    assert ("charging twice" in verdict.message) == too_short
 
 
 def test_learner_stubs_are_not_done(capsys):

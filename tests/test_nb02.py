@@ -470,6 +470,27 @@ def test_until_waits_for_an_event_and_is_bounded(make_course, scratch):
     asyncio.run(scenario())
 
 
+def test_an_agent_derived_from_the_clock_below_a_second_is_told_apart():
+    """Walkthrough finding: `AGENTS[int(workflow.time() * 1000) % len(AGENTS)]` passed 02.1."""
+    from datetime import datetime, timedelta, timezone
+
+    agents = ["ada", "bo", "cy"]
+    start = datetime(2026, 11, 30, 12, 0, 0, tzinfo=timezone.utc)
+    times = [start + timedelta(microseconds=137_000 * i + 1_000) for i in range(15)]
+    by_ms = [agents[int(t.timestamp() * 1000) % 3] for t in times]
+    assert nb02.clock_rule(agents, by_ms, times) == "int(time * 1000) % len(AGENTS)"
+    by_second = [agents[t.second % 3] for t in times]
+    assert nb02.clock_rule(agents, by_second, times) is not None
+    varied = ["ada", "bo", "cy", "cy", "bo", "ada", "ada", "cy", "bo", "bo", "ada", "cy", "bo", "cy", "ada"]
+    assert nb02.clock_rule(agents, varied, times) is None
+
+
+def test_the_replay_picture_says_what_to_run_first_when_nothing_was_recorded():
+    """Walkthrough finding: run out of order, the picture cell raised `max() arg is an empty sequence`."""
+    with pytest.raises(runtime.CourseError, match="run the workflow cell above first"):
+        replay.NotesTable([]).plot()
+
+
 def test_the_replay_picture_puts_each_line_in_its_task():
     """Issue 7.12: 02 drew no picture; the replay grid (a column per workflow task) comes from the notes."""
     import matplotlib

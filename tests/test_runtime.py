@@ -352,3 +352,93 @@ def test_a_check_leaves_the_learners_last_run_alone(make_course, capsys):
         await course.stop_all()
 
     asyncio.run(scenario())
+
+
+SLEEPY = """
+import time
+from datetime import timedelta
+from temporalio import activity, workflow
+
+@activity.defn
+async def nap(n: int) -> int:
+    time.sleep(30)  # blocks the event loop: no await
+    return n
+
+@workflow.defn
+class Napping:
+    @workflow.run
+    async def run(self, n: int) -> int:
+        return await workflow.execute_activity(nap, n, start_to_close_timeout=timedelta(seconds=60))
+"""
+
+
+def test_time_sleep_in_an_async_activity_is_stopped_too(scratch):
+    """Walkthrough finding: `time.sleep(30)` is one C call, so the watchdog's interruption landed only after it;
+    on a watched loop's thread time.sleep sleeps in slices, and the attempt is stopped within seconds."""
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "sleepy_mod", SLEEPY)
+        await course.start_worker(workflows=[mod.Napping], activities=[mod.nap])
+        started = time.monotonic()
+        with pytest.raises(runtime.ActivityKeepsFailing) as info:
+            await course.result(await course.start_workflow(mod.Napping.run, 1, show=False), 30, activity_retries=1)
+        elapsed = time.monotonic() - started
+        await course.stop_all()
+        return info.value, elapsed
+
+    err, elapsed = asyncio.run(scenario())
+    assert elapsed < 12, elapsed
+    assert err.activity == "nap" and "ActivityBlockedLoop" in err.failure and "sleepy_mod.py line 8" in err.failure
+    assert time.sleep.__name__ == "_sliced_sleep"
+    started = time.monotonic()
+    time.sleep(0.2)  # elsewhere (no watched loop on this thread any more) it is the plain sleep
+    assert 0.19 < time.monotonic() - started < 1
+
+
+def test_a_check_with_many_blocked_runs_names_the_activity_and_leaves_nothing_behind(scratch, make_course, capsys):
+    """Walkthrough finding: 15 runs of an activity that never awaits made the check give up after 20 s without
+    naming it, and kept the kernel sluggish, so the *correct* answer failed next. Now: the verdict names the
+    activity, the check's runs are terminated, and the next check passes at once."""
+    from support import verdict_of
+
+    from helpers.checks import exercise, worker_for
+
+    blocking = LOOPS.replace("async def wait_forever", "async def wait_forever_unused")
+
+    async def scenario():
+        course = await make_course()
+        mod = runtime.write_module(scratch, "many_loops", blocking)
+
+        @exercise("09.6", timeout=12)
+        async def check(activity):
+            async with worker_for([mod.Looping], [activity, mod.wait_forever_unused]) as queue:
+                handles = [
+                    await course.start_workflow(mod.Looping.run, "spin", task_queue=queue, show=False) for _ in range(8)
+                ]
+                await asyncio.gather(*(course.result(h, 10) for h in handles))
+
+        await check(mod.spin)
+        first = verdict_of(capsys)
+        still = [h for h in course.started if (await h.describe()).status.name == "RUNNING"]
+        fixed = runtime.write_module(scratch, "many_fixed", LOOPS.replace("total += n", "return n"))
+        course.started.clear()
+        started = time.monotonic()
+
+        @exercise("09.5")
+        async def check_fixed():
+            async with worker_for([fixed.Looping], [fixed.spin, fixed.wait_forever]) as queue:
+                handles = [
+                    await course.start_workflow(fixed.Looping.run, "spin", task_queue=queue, show=False)
+                    for _ in range(8)
+                ]
+                assert await asyncio.gather(*(course.result(h, 10) for h in handles)) == [1] * 8
+
+        await check_fixed()
+        return first, still, time.monotonic() - started
+
+    first, still, fixed_took = asyncio.run(scenario())
+    assert first.status == "failed" and first.message.startswith("activity spin never lets the worker breathe")
+    assert still == [], "the check's runs were terminated"
+    assert verdict_of(capsys).status == "passed"
+    assert fixed_took < 8, fixed_took

@@ -101,12 +101,7 @@ def _stuck_text(err: errors.WorkflowStuck) -> str:
         return "no worker ran your workflow in time; is a worker registered for it?"
     blocked = [p for p in err.pending if p.last_failure and "ActivityBlockedLoop" in p.last_failure]
     if blocked:
-        act = blocked[0]
-        return _with_hint(
-            f"activity {act.name} never lets the worker breathe: it ran without awaiting anything until the course "
-            "stopped it, attempt after attempt.",
-            act.last_failure or "",
-        )
+        return _blocked_text(blocked[0].name)
     running = [p for p in err.pending if p.running]
     if running:
         act = running[0]
@@ -122,6 +117,68 @@ def _stuck_text(err: errors.WorkflowStuck) -> str:
             act.last_failure or "",
         )
     return "your workflow did not finish in time; is it waiting on something (a timer, a signal, a condition)?"
+
+
+# Calls that do nothing unless awaited: a statement made of one of them alone is a forgotten `await`.
+MUST_AWAIT = {"execute_activity", "execute_child_workflow", "sleep", "wait_condition", "execute_local_activity"}
+
+
+def unawaited_calls_note(args: Sequence[Any]) -> str | None:
+    """For the learner's modules among a check's arguments: the first line that calls e.g.
+    ``workflow.execute_activity(...)`` as a statement of its own, without ``await`` (it schedules nothing)."""
+    import ast
+    from types import ModuleType
+
+    modules = {a.__name__: a for a in args if isinstance(a, ModuleType)}
+    modules |= {m.__name__: m for a in args if isinstance(a, type) and (m := inspect.getmodule(a)) is not None}
+    for module in modules.values():
+        try:
+            tree = ast.parse(inspect.getsource(module))
+        except (OSError, TypeError, SyntaxError):
+            continue
+        for node in ast.walk(tree):
+            call = node.value if isinstance(node, ast.Expr) else None
+            func = call.func if isinstance(call, ast.Call) else None
+            if (
+                isinstance(func, ast.Attribute)
+                and func.attr in MUST_AWAIT
+                and isinstance(func.value, ast.Name)
+                and func.value.id in ("workflow", "asyncio")
+            ):
+                return (
+                    f"Also: line {node.lineno} of %%module {module.__name__} calls {ast.unparse(func)}(...) "
+                    "without `await`, so it never runs."
+                )
+    return None
+
+
+def _blocked_text(activity: str) -> str:
+    return _with_hint(
+        f"activity {activity} never lets the worker breathe: it ran without awaiting anything until the course "
+        "stopped it, attempt after attempt.",
+        "ActivityBlockedLoop",
+    )
+
+
+def _incidents() -> list[Any]:
+    from helpers import watchdog
+
+    try:
+        return watchdog.incidents()
+    except RuntimeError:  # no running loop
+        return []
+
+
+async def _terminate(handles: Sequence[Any]) -> None:
+    """End runs a check started and gave up on (bounded; runs that already ended are left alone)."""
+
+    async def end(handle: Any) -> None:
+        with contextlib.suppress(Exception):
+            await handle.terminate(reason="course: the check ended")
+
+    if handles:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.gather(*(end(h) for h in handles)), 5)
 
 
 def _with_hint(message: str, failure: str) -> str:
@@ -140,6 +197,8 @@ def exercise(ex_id: str, *, timeout: float = CHECK_TIMEOUT_S) -> Callable[[Calla
         async def check(*args: Any, **kwargs: Any) -> None:
             course = runtime._current
             learners_last = course.last if course is not None else None
+            started_before = len(course.started) if course is not None else 0
+            blocked_before = len(_incidents())
             try:
                 result = fn(*args, **kwargs)
                 if inspect.isawaitable(result):
@@ -147,6 +206,13 @@ def exercise(ex_id: str, *, timeout: float = CHECK_TIMEOUT_S) -> Callable[[Calla
                 verdict = Verdict(ex_id, "passed", result or "well done.")
             except Exception as err:  # a check never raises: every problem becomes a verdict
                 verdict = verdict_for(ex_id, err, timeout)
+                if verdict.status == "failed" and (note := unawaited_calls_note(args)):
+                    verdict = Verdict(ex_id, "failed", f"{verdict.message} {note}")
+                blocked = _incidents()[blocked_before:]
+                if blocked and verdict.status == "failed" and not isinstance(err, Wrong | errors.ActivityKeepsFailing):
+                    verdict = Verdict(ex_id, "failed", _blocked_text(blocked[0].activity))
+                if course is not None:  # runs of the check that are still going would go on without a worker
+                    await _terminate(course.started[started_before:])
             finally:
                 if course is not None:
                     course.last = learners_last  # the check's runs are not "the last run" for the learner

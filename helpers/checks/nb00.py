@@ -8,7 +8,7 @@ from typing import Any
 
 from temporalio.api.enums.v1 import EventType
 
-from helpers import history, runtime
+from helpers import errors, history, runtime
 from helpers.checks import Wrong, exercise, require, worker_for
 
 # Teams that tell a right answer from plausible wrong ones: not sorted (a sorted answer differs), a name twice
@@ -27,7 +27,19 @@ async def check_greet_team(workflow_cls: type, compose_greeting: Any) -> str:
             )
             for team in TEAMS
         ]
-        results = await asyncio.gather(*(course.result(h, 10, activity_retries=2) for h in handles))
+        outcomes = await asyncio.gather(
+            *(course.result(h, 10, activity_retries=2) for h in handles), return_exceptions=True
+        )
+    for team, outcome in zip(TEAMS, outcomes, strict=True):
+        if isinstance(outcome, runtime.WorkflowTaskFailed) and not outcome.failure.startswith("NotImplementedError"):
+            # Say which input broke it: the learner's own run may have used other names.
+            raise Wrong(
+                f"for the team {team!r} your workflow code raised {outcome.failure}."
+                + (f" Hint: {hint}" if (hint := errors.hint_for(outcome.failure)) else "")
+            )
+    if errors_seen := [o for o in outcomes if isinstance(o, BaseException)]:
+        raise errors_seen[0]
+    results = outcomes
     for team, handle, result in zip(TEAMS, handles, results, strict=True):
         expected = [f"Hello, {n}!" for n in team]
         if result != expected:

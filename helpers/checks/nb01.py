@@ -207,9 +207,9 @@ MAX_FACTOR = 10
 
 def _fmt(d: timedelta) -> str:
     s = d.total_seconds()
-    if s >= 3600:
+    if s >= 3600 and s % 360 == 0:
         return f"{s / 3600:g} h"
-    if s >= 60:
+    if s >= 60 and s % 6 == 0:
         return f"{s / 60:g} min"
     return f"{s:g} s"
 

@@ -42,6 +42,24 @@ def follows_the_clock(by_second: dict[int, list[str]]) -> bool:
     return len(by_second) > 1 and bool(together) and all(len(set(g)) == 1 for g in together)
 
 
+CLOCK_RULES: dict[str, Any] = {
+    **{f"int(time * {k}) % len(AGENTS)": (lambda t, k=k: int(t.timestamp() * k)) for k in (1, 10, 100, 1000)},
+    "now.second % len(AGENTS)": lambda t: t.second,
+    "now.minute % len(AGENTS)": lambda t: t.minute,
+    "now.microsecond % len(AGENTS)": lambda t: t.microsecond,
+    "(now.microsecond // 1000) % len(AGENTS)": lambda t: t.microsecond // 1000,
+}
+
+
+def clock_rule(agents: list[str], chosen: list[str], started: list[datetime]) -> str | None:
+    """A rule that derives every chosen agent from when its run started, if one does (a random pick matches a
+    given rule for all 15 tickets once in 3^15)."""
+    for rule, number in CLOCK_RULES.items():
+        if all(agent == agents[number(t) % len(agents)] for agent, t in zip(chosen, started, strict=True)):
+            return rule
+    return None
+
+
 def _first_task_time(hist: Any) -> datetime:
     """When the first workflow task started: what ``workflow.now()`` returns during that task."""
     started = next(e for e in hist.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
@@ -145,6 +163,12 @@ async def check_deterministic_ticket(tickets: ModuleType) -> str:
         raise Wrong(
             "every ticket opened in the same second went to the same agent: the pick follows the workflow's clock, "
             "not chance (these runs straddled seconds, so the agents differ only between seconds). "
+            "Pick with workflow.random().choice(AGENTS)."
+        )
+    if (rule := clock_rule(agents, chosen, [_first_task_time(h) for h in histories])) is not None:
+        raise Wrong(
+            f"every agent equals AGENTS[{rule}] at the moment its run started: the pick follows the workflow's "
+            "clock, not chance (runs opened at the same moment would all go to one agent). "
             "Pick with workflow.random().choice(AGENTS)."
         )
     per_subject: dict[str, set[str]] = {}
@@ -367,6 +391,7 @@ __all__ = [
     "check_deterministic_ticket",
     "check_patched_signup",
     "check_replays_ok",
+    "clock_rule",
     "deprecated_patch_ids",
     "follows_the_clock",
     "patch_ids",

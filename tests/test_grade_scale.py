@@ -333,3 +333,59 @@ def test_settings_reach_every_worker_through_the_run():
     limits = plan.Limits(7.0, 99.0, 2, False)
     sub = plan.Submission("r", "f", "ada", NB, limits, {"cells": []})
     assert Settings().cell_timeout != limits.cell_timeout and sub.limits.grade_timeout.total_seconds() == 219
+
+
+# --------------------------------------------------------------------------- the learner's workflow alone
+
+
+def test_a_learner_workflow_reports_a_notebook_it_could_not_grade_and_passes_payloads_through(tmp_path):
+    """The grading activity fails on every attempt (as if each worker grading it were lost): after its attempts
+    the learner's workflow reports the notebook as not graded instead of failing; the notebook reaches the
+    grading activity exactly as fetched."""
+    import concurrent.futures
+    import uuid
+
+    from temporalio import activity
+    from temporalio.exceptions import ApplicationError
+    from temporalio.worker import Worker
+
+    from helpers import server
+    from helpers.grading import workflows
+
+    limits = plan.Limits(60, 600, 3, True)
+    cells = planning.stripped(SOLUTION)
+    seen: list[Any] = []
+
+    @activity.defn(name=workflows.FETCH)
+    def fetch(req: plan.FetchRequest) -> plan.Submission:
+        return plan.Submission(req.run_id, "f", req.learner, req.notebook, limits, cells)
+
+    @activity.defn(name=workflows.GRADE)
+    def grade(sub: plan.Submission) -> dict[str, Any]:
+        seen.append(sub)
+        raise ApplicationError(f"worker lost on attempt {activity.info().attempt}")
+
+    async def go() -> plan.LearnerOutcome:
+        client = await server.connect(server.target())
+        queue = f"test-{uuid.uuid4().hex[:8]}"
+        job = plan.NotebookJob(NB, "d", 1000)
+        learner = plan.LearnerRun("run", queue, queue, limits, plan.LearnerPlan("ada", "ada", [job]))
+        executor = concurrent.futures.ThreadPoolExecutor(2)
+        async with Worker(
+            client,
+            task_queue=queue,
+            workflows=[workflows.GradeLearner],
+            activities=[fetch, grade],
+            activity_executor=executor,
+        ):
+            run_learner = workflows.GradeLearner.run
+            outcome = plan.LearnerOutcome
+            return await client.execute_workflow(
+                run_learner, learner, id=f"run/{queue}", task_queue=queue, result_type=outcome
+            )
+
+    with private_server(tmp_path / "server"):
+        outcome = asyncio.run(go())
+    assert len(seen) == plan.GRADE_ATTEMPTS and all(s.cells == cells and s.learner == "ada" for s in seen)
+    assert f"grading it failed {plan.GRADE_ATTEMPTS} times" in outcome.failed[NB]
+    assert f"worker lost on attempt {plan.GRADE_ATTEMPTS}" in outcome.failed[NB]

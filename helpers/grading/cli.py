@@ -57,14 +57,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except GradingInterrupted as err:
+        what = f"stopped: {err.reason}" if err.reason else "interrupted"
         print(
-            f"interrupted: the running notebooks were stopped; the gradebook was written with {err.unfinished} "
+            f"{what}: the running notebooks were stopped; the gradebook was written with {err.unfinished} "
             f"notebook(s) not graded ('{INTERRUPTED}', or their earlier grades in a regrade): "
             f"{args.out.resolve() / 'report.html'}. The same command resumes the grading run: what finished is not "
             "graded again.",
             file=sys.stderr,
         )
-        return 130
+        return 1 if err.reason else 130
     except KeyboardInterrupt:
         print("interrupted before any notebook was graded; no gradebook written", file=sys.stderr)
         return 130

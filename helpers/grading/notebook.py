@@ -59,6 +59,7 @@ class NotebookResult:
     warnings: list[str] = field(default_factory=list)  # what the worker noticed that affects every grade after it
     worker: str = ""  # who graded it
     attempt: int = 1  # the grading activity's attempt that made this grade
+    unavailable: bool = False  # the Temporal server did not answer while it ran: not a grade (grade it again)
 
 
 def one_line(text: str, limit: int = 400) -> str:
@@ -198,6 +199,7 @@ def grade_submission(
             return result
         if run.killed:
             result.notes.append(f"the notebook hit its {settings.notebook_timeout:g} s budget and was stopped")
+        result.unavailable = server_was_down(run)
         if not run.records and not run.killed:
             result.rows = rows_for(learner, ref, "error", f"nbval did not run (exit {run.returncode}); see the log")
         else:
@@ -211,6 +213,15 @@ def grade_submission(
         if not settings.keep_temp:
             shutil.rmtree(work_root, ignore_errors=True)
     return result
+
+
+def server_was_down(run: RunResult) -> bool:
+    """Whether the course's Temporal server did not answer during the run (a check said it could not check, or a
+    cell failed to reach the server): infrastructure, not the learner's doing."""
+    for rec in run.records.values():
+        if checks.SERVER_DOWN in rec.get("stdout", "") or (rec.get("exception") or "").startswith("ServerNotAnswering"):
+            return True
+    return False
 
 
 def run_log(n: int, graded: GradedCopy, run: RunResult) -> str:

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from helpers import contract, server
+from helpers import contract, errors, server
 from helpers.grading.course_files import Course
 from helpers.grading.gradebook import Gradebook, UsageError, merge, prepare_out, previous_gradebook, write_gradebook
 from helpers.grading.notebook import INTERRUPTED, TAMPERED, NotebookResult, Settings, rows_for
@@ -38,16 +38,18 @@ __all__ = ["GradingInterrupted", "UsageError", "cores", "grade"]
 
 RESUME_FILE = ".grading-run.json"  # in OUT: the run this gradebook folder is being graded by, until it is written
 POLL_S = 1.0
+SERVER_WAIT_S = 120.0  # a server that does not answer for this long: stop here (the same command resumes later)
 DESCRIBES_PER_POLL = 64
 
 
 class GradingInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM during grading, after the gradebook of what finished was written."""
 
-    def __init__(self, book: Gradebook, unfinished: int) -> None:
+    def __init__(self, book: Gradebook, unfinished: int, reason: str | None = None) -> None:
         super().__init__(f"{unfinished} notebook(s) not graded")
         self.book = book
         self.unfinished = unfinished
+        self.reason = reason  # None: Ctrl-C or SIGTERM
 
 
 def grade(
@@ -144,6 +146,7 @@ class Session:
         self.worker: GradingWorker | None = None
         self.pending: dict[str, LearnerPlan] = {lp.key: lp for lp in self.planned.plan.learners}  # not collected
         self.stand_ins: set[Key] = set()  # interrupted: rows that stand for a grade not made
+        self.stop_reason: str | None = None
 
     # ------------------------------------------------------------------ the run
 
@@ -187,7 +190,7 @@ class Session:
         book = self._gradebook(interrupted)
         if interrupted:
             unfinished = sum(1 for key in self.planned.order if key not in self.results or key in self.stand_ins)
-            raise GradingInterrupted(book, unfinished)
+            raise GradingInterrupted(book, unfinished, self.stop_reason)
         (self.out / RESUME_FILE).unlink(missing_ok=True)
         self.progress.line(f"Graded in {time.monotonic() - self.started:.1f} s. Gradebook: {self.out / 'report.html'}")
         return book
@@ -241,8 +244,9 @@ class Session:
         interrupted = False
         try:
             await self._monitor(client, handle, stop, tasks)
-        except _Stop:
+        except _Stop as err:
             interrupted = True
+            self.stop_reason = str(err) or None
         finally:
             if self.worker is not None and interrupted:
                 self.worker.stop()  # the notebooks running here: their attempts fail and are graded again later
@@ -252,7 +256,9 @@ class Session:
                 with contextlib.suppress(BaseException):
                     await asyncio.wait_for(task, 15)
             if interrupted:  # what finished before the interrupt (here or on other workers) still counts
-                await asyncio.gather(*(self._collect(client, key, final=False) for key in list(self.pending)))
+                collect = asyncio.gather(*(self._collect(client, key, final=False) for key in list(self.pending)))
+                with contextlib.suppress(asyncio.TimeoutError):  # a server that is gone: the grades stay there
+                    await asyncio.wait_for(collect, 30)
             if self.worker is not None and (leftovers := self.worker.close()):
                 self._warn(f"The grader stopped {len(leftovers)} process(es) left running at the end: "
                            f"{', '.join(leftovers[:5])}")  # fmt: skip
@@ -292,8 +298,10 @@ class Session:
 
     async def _monitor(self, client: Any, handle: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         from temporalio.client import WorkflowExecutionStatus
+        from temporalio.service import RPCError, RPCStatusCode
 
         first = True
+        down_since: float | None = None
         while self.pending:
             if stop.is_set():
                 raise _Stop
@@ -301,7 +309,28 @@ class Session:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
             keys = list(self.pending)[:DESCRIBES_PER_POLL]
-            states = await asyncio.gather(*(self._look(client, key) for key in keys))
+            try:
+                states = await asyncio.gather(*(self._look(client, key) for key in keys))
+                parent = await handle.describe()
+            except Exception as err:
+                # A server just restarted can say "not found" for a moment, before its state is loaded.
+                lost = isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
+                if not (errors.is_unavailable(err) or lost):
+                    raise
+                if down_since is None:
+                    down_since = time.monotonic()
+                    self.progress.line(
+                        f"The Temporal server at {self.where.address} does not answer; waiting for it (up to "
+                        f"{SERVER_WAIT_S:.0f} s: the run and its grades are kept there)…"
+                    )
+                elif time.monotonic() - down_since > SERVER_WAIT_S:
+                    raise _Stop(f"the Temporal server at {self.where.address} stopped answering") from None
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), POLL_S)
+                continue
+            if down_since is not None:
+                self.progress.line("The Temporal server answers again; grading goes on.")
+                down_since = None
             if first:
                 self.already = sum(1 for key in self.reported if key not in self.planned.local)
                 if self.already:
@@ -309,7 +338,6 @@ class Session:
                 first = False
             running = [r for rs, _ in states for r in rs]
             retrying = sum(n for _, n in states)
-            parent = await handle.describe()
             if parent.status not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
                 name = parent.status.name.lower() if parent.status else "closed"
                 for key in list(self.pending):
@@ -330,14 +358,16 @@ class Session:
         runs now and how many wait for another attempt."""
         from temporalio.api.enums.v1 import PendingActivityState
         from temporalio.client import WorkflowExecutionStatus
-        from temporalio.service import RPCError
+        from temporalio.service import RPCError, RPCStatusCode
 
         lp = self.pending[key]
         handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
         try:
             desc = await handle.describe()
-        except RPCError:
-            return [], 0  # not started yet
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return [], 0  # not started yet
+            raise
         if desc.status != WorkflowExecutionStatus.RUNNING:
             why = None if desc.status == WorkflowExecutionStatus.COMPLETED else f"its workflow ended ({desc.status})"
             await self._collect(client, key, final=True, why=why)

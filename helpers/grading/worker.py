@@ -16,6 +16,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import logging
 import os
 import shutil
 import signal
@@ -40,6 +41,7 @@ from helpers.grading.workflows import GRADE, GradeLearner, GradingRun
 
 MAX_LOG_CHARS = 60_000  # of one notebook's log in its grade (a payload): the end is kept, where the failures are
 STOPPED = "GraderStopped"
+SERVER_DOWN = "ServerUnavailable"
 
 
 def kernel_base_env(where: server.Target) -> dict[str, str]:
@@ -99,6 +101,8 @@ class GradingWorker:
         exclude = [*busy, self.tmp_root, server.data_dir()]  # written while grading, by us and the server
         self.watch = RepoWatch(settings.watch, exclude=exclude, flat=settings.watch_flat, on_alarm=self._alarm)
         self.stale = isolation.sweep_dead_owners()  # what a killed grader of this machine left running
+        # An attempt this worker gives up on purpose (stopped, the server gone) is retried: no traceback for it.
+        logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
         isolation.STOPPING.clear()
         self.reaper = isolation.Reaper()
 
@@ -169,6 +173,11 @@ class GradingWorker:
             result = self.grade(sub, progress)
             if isolation.STOPPING.is_set() or result.interrupted:  # not a grade: let another attempt make it
                 raise ApplicationError(f"grading was stopped on {self.identity} before it finished", type=STOPPED)
+            if result.unavailable:  # the server's fault, not the learner's: grade it again (after a backoff)
+                raise ApplicationError(
+                    "the Temporal server did not answer while the notebook ran (not the learner's doing)",
+                    type=SERVER_DOWN,
+                )
             result.attempt = info.attempt
             if info.attempt > 1:
                 result.notes.append(

@@ -14,7 +14,10 @@ timeline, the failure matrix), ``activity_probe`` (runs one activity as a compen
 storage service that logs every chunk), ``failures`` (what a workflow receives from a failed activity, in one line),
 ``timeouts`` (the four timeouts drawn), ``retries`` (backoff formula, real attempts plotted, explorer),
 ``heartbeats`` (progress read from the server, a resume drawn), ``activity_harness`` (workflows that drive a
-learner's activity, for checks).
+learner's activity, for checks). Notebook 05's: ``throughput`` (workflows per second against in flight, slots and
+worker processes, with the CPU of each part), ``worklog`` (which worker process ran which attempt, a crash
+included), ``task_queues`` (a queue's backlog and pollers, waited for), ``history_sizes`` (event counts against the
+history limits, continue-as-new chains).
 """
 
 __all__ = ["__version__"]

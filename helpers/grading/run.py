@@ -22,24 +22,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from helpers import contract, errors, server
+from helpers import contract, server
 from helpers.grading.course_files import Course
+from helpers.grading.follow import Follower, Stop
 from helpers.grading.gradebook import Gradebook, UsageError, merge, prepare_out, previous_gradebook, write_gradebook
-from helpers.grading.notebook import INTERRUPTED, TAMPERED, NotebookResult, Settings, rows_for
-from helpers.grading.plan import RUN_TIMEOUT, LearnerOutcome, LearnerPlan, Limits, learner_workflow_id
+from helpers.grading.notebook import INTERRUPTED, NotebookResult, Settings, rows_for
+from helpers.grading.plan import RUN_TIMEOUT, Limits
 from helpers.grading.plan import run_id as new_run_id
-from helpers.grading.planning import Key, Planned, Planner, learner_folders
-from helpers.grading.progress import Progress, Running, State
+from helpers.grading.planning import Key, Planner, learner_folders
+from helpers.grading.progress import Progress
 from helpers.grading.watch import RepoWatch
 from helpers.grading.worker import GradingWorker, cores
-from helpers.grading.workflows import GRADE, GradeLearner, GradingRun
+from helpers.grading.workflows import GradeLearner, GradingRun
 
 __all__ = ["GradingInterrupted", "UsageError", "cores", "grade"]
 
 RESUME_FILE = ".grading-run.json"  # in OUT: the run this gradebook folder is being graded by, until it is written
-POLL_S = 1.0
-SERVER_WAIT_S = 120.0  # a server that does not answer for this long: stop here (the same command resumes later)
-DESCRIBES_PER_POLL = 64
 
 
 class GradingInterrupted(KeyboardInterrupt):
@@ -106,12 +104,9 @@ def grade(
     return asyncio.run(session.run(handle_signals))
 
 
-class _Stop(Exception):
-    """Ctrl-C or SIGTERM: stop grading here, keep what finished."""
-
-
-class Session:
-    """One command's part in a grading run (the run itself lives on the server)."""
+class Session(Follower):
+    """One command's part in a grading run (the run itself lives on the server): start or resume it, grade with this
+    machine's slots, follow it (:class:`Follower`), and write the gradebook."""
 
     def __init__(
         self,
@@ -126,25 +121,15 @@ class Session:
         fresh: bool,
         selection: Sequence[str],
     ) -> None:
+        super().__init__(planner.planned, progress, where, jobs)
         self.planner = planner
-        self.planned: Planned = planner.planned
         self.course = course
         self.settings = settings
-        self.where = where
-        self.jobs = jobs
         self.out = out
         self.old = old
-        self.progress = progress
         self.fresh = fresh
         self.selection = selection
-        self.results: dict[Key, NotebookResult] = dict(self.planned.local)
-        self.reported: set[Key] = set()
-        self.failed: set[Key] = set()  # notebooks the run could not grade (error rows made by the command)
-        self.warnings: list[str] = []
-        self.started = time.monotonic()
-        self.already = 0  # notebooks graded before this command attached to the run
         self.worker: GradingWorker | None = None
-        self.pending: dict[str, LearnerPlan] = {lp.key: lp for lp in self.planned.plan.learners}  # not collected
         self.stand_ins: set[Key] = set()  # interrupted: rows that stand for a grade not made
         self.stop_reason: str | None = None
 
@@ -244,7 +229,7 @@ class Session:
         interrupted = False
         try:
             await self._monitor(client, handle, stop, tasks)
-        except _Stop as err:
+        except Stop as err:
             interrupted = True
             self.stop_reason = str(err) or None
         finally:
@@ -294,186 +279,6 @@ class Session:
                 self.progress.line(f"Not resuming the unfinished grading run {earlier['run_id']}: {why}.")
         return new_run_id(self.planned.inputs, secrets.token_hex(4)), False
 
-    # ------------------------------------------------------------------ following the run
-
-    async def _monitor(self, client: Any, handle: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
-        from temporalio.client import WorkflowExecutionStatus
-        from temporalio.service import RPCError, RPCStatusCode
-
-        first = True
-        down_since: float | None = None
-        while self.pending:
-            if stop.is_set():
-                raise _Stop
-            for task in tasks:
-                if task.done() and not task.cancelled() and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
-            keys = list(self.pending)[:DESCRIBES_PER_POLL]
-            try:
-                states = await asyncio.gather(*(self._look(client, key) for key in keys))
-                parent = await handle.describe()
-            except Exception as err:
-                # A server just restarted can say "not found" for a moment, before its state is loaded.
-                lost = isinstance(err, RPCError) and err.status == RPCStatusCode.NOT_FOUND
-                if not (errors.is_unavailable(err) or lost):
-                    raise
-                if down_since is None:
-                    down_since = time.monotonic()
-                    self.progress.line(
-                        f"The Temporal server at {self.where.address} does not answer; waiting for it (up to "
-                        f"{SERVER_WAIT_S:.0f} s: the run and its grades are kept there)…"
-                    )
-                elif time.monotonic() - down_since > SERVER_WAIT_S:
-                    raise _Stop(f"the Temporal server at {self.where.address} stopped answering") from None
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), POLL_S)
-                continue
-            if down_since is not None:
-                self.progress.line("The Temporal server answers again; grading goes on.")
-                down_since = None
-            if first:
-                self.already = sum(1 for key in self.reported if key not in self.planned.local)
-                if self.already:
-                    self.progress.line(f"{self.already} notebook(s) of this run were graded already: not again.")
-                first = False
-            running = [r for rs, _ in states for r in rs]
-            retrying = sum(n for _, n in states)
-            if parent.status not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
-                name = parent.status.name.lower() if parent.status else "closed"
-                for key in list(self.pending):
-                    await self._collect(client, key, final=True, why=f"the grading run was {name}")
-                break
-            self.progress.update(
-                State(len(self.planned.order), len(self.reported), len(self.failed), running, retrying, self._elapsed())
-            )
-            if self.pending:
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), POLL_S)
-
-    def _elapsed(self) -> float:
-        return time.monotonic() - self.started
-
-    async def _look(self, client: Any, key: str) -> tuple[list[Running], int]:
-        """One learner's workflow: report its newly graded notebooks, collect it when it is done; returns what
-        runs now and how many wait for another attempt."""
-        from temporalio.api.enums.v1 import PendingActivityState
-        from temporalio.client import WorkflowExecutionStatus
-        from temporalio.service import RPCError, RPCStatusCode
-
-        lp = self.pending[key]
-        handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
-        try:
-            desc = await handle.describe()
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return [], 0  # not started yet
-            raise
-        if desc.status != WorkflowExecutionStatus.RUNNING:
-            why = None if desc.status == WorkflowExecutionStatus.COMPLETED else f"its workflow ended ({desc.status})"
-            await self._collect(client, key, final=True, why=why)
-            return [], 0
-        memo = await desc.memo()
-        for nb, summary in memo.items():
-            if (lp.learner, nb) not in self.reported and isinstance(summary, dict):
-                self._report_summary((lp.learner, nb), summary)
-        running, retrying = [], 0
-        for pa in desc.raw_description.pending_activities:
-            if pa.activity_type.name != GRADE:
-                continue
-            label = f"{lp.learner}/{pa.activity_id.removeprefix('grade-')}"
-            if pa.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED:
-                details: dict[str, Any] = {}
-                with contextlib.suppress(Exception):
-                    decoded = await client.data_converter.decode(pa.heartbeat_details.payloads)
-                    details = decoded[0] if decoded and isinstance(decoded[0], dict) else {}
-                running.append(Running(label, details.get("cells", 0), details.get("of", 0), pa.attempt))
-            elif pa.attempt > 1:
-                retrying += 1
-        return running, retrying
-
-    async def _collect(self, client: Any, key: str, final: bool, why: str | None = None) -> None:
-        """The grades a learner's workflow recorded (its grading activities' results), and error rows for what it
-        could not grade. ``final``: the workflow is over (else: an interrupt, take what finished)."""
-        from temporalio.api.enums.v1 import EventType
-        from temporalio.client import WorkflowFailureError
-        from temporalio.service import RPCError
-
-        lp = self.pending.get(key)
-        if lp is None:
-            return
-        handle = client.get_workflow_handle(learner_workflow_id(self.planned.plan.run_id, key))
-        scheduled: dict[int, str] = {}
-        with contextlib.suppress(RPCError):  # no history (yet): nothing finished
-            async for event in handle.fetch_history_events():
-                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                    scheduled[event.event_id] = event.activity_task_scheduled_event_attributes.activity_type.name
-                elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                    attrs = event.activity_task_completed_event_attributes
-                    if scheduled.get(attrs.scheduled_event_id) != GRADE:
-                        continue
-                    (result,) = await client.data_converter.decode(attrs.result.payloads, [NotebookResult])
-                    self._add((result.learner, result.notebook), result)
-        if not final:
-            return
-        outcome = LearnerOutcome()
-        if why is None:
-            done = client.get_workflow_handle(handle.id, result_type=LearnerOutcome)
-            try:
-                outcome = await done.result()
-            except (RPCError, WorkflowFailureError) as err:
-                why = f"its workflow did not complete ({err})"
-        for job in lp.jobs:
-            k = (lp.learner, job.notebook)
-            if k in self.results:
-                continue
-            message = outcome.failed.get(job.notebook) or why or "its workflow ended without grading it"
-            ref = self.planned.refs[job.notebook]
-            self.failed.add(k)
-            self._add(k, NotebookResult(lp.learner, job.notebook, rows_for(lp.learner, ref, "error", f"not graded: "
-                                                                                 f"{message}")))  # fmt: skip
-        self.pending.pop(key, None)
-
-    def _add(self, key: Key, result: NotebookResult) -> None:
-        if key in self.results:
-            return
-        self.results[key] = result
-        for w in result.warnings:
-            self._warn(w, echo=False)
-        if any(r.message.startswith(TAMPERED) for r in result.rows):
-            print(f"WARNING: {result.learner}/{result.notebook}: {result.rows[0].message}", file=sys.stderr, flush=True)
-        if key not in self.reported:
-            self._report(key, result)
-
-    def _report(self, key: Key, result: NotebookResult) -> None:
-        tally = Counter(r.status for r in result.rows)
-        got, most = sum(r.points for r in result.rows), sum(r.max_points for r in result.rows)
-        self._line(key, got, most, tally, result.seconds)
-
-    def _report_summary(self, key: Key, summary: dict[str, Any]) -> None:
-        if "failed" in summary:
-            self.reported.add(key)
-            self.failed.add(key)
-            self.progress.line(f"[{len(self.reported)}/{len(self.planned.order)}] {key[0]} {key[1]}: not graded "
-                               f"({summary['failed']})")  # fmt: skip
-            return
-        tally = Counter(summary.get("statuses", []))
-        self._line(key, summary.get("points", 0), summary.get("max", 0), tally, summary.get("seconds", 0.0))
-
-    def _line(self, key: Key, got: int, most: int, tally: Counter[str], seconds: float) -> None:
-        self.reported.add(key)
-        statuses = ", ".join(f"{v} {k}" for k, v in sorted(tally.items()))
-        self.progress.line(
-            f"[{len(self.reported)}/{len(self.planned.order)}] {key[0]} {key[1]}: {got}/{most} ({statuses}) "
-            f"{seconds:.1f} s"
-        )
-
-    def _warn(self, text: str, echo: bool = True) -> None:
-        if text in self.warnings:
-            return
-        self.warnings.append(text)
-        if echo:
-            print(f"WARNING: {text}", file=sys.stderr, flush=True)
-
     # ------------------------------------------------------------------ the gradebook
 
     def _gradebook(self, interrupted: bool) -> Gradebook:
@@ -522,15 +327,20 @@ class Session:
         return book
 
 
+_RUNTIME: Any = None
+
+
 async def _connect(where: server.Target) -> Any:
     """A client whose SDK core logs nothing to the terminal: what goes wrong reaches the gradebook as an error row
     (a payload too large for the server, say), and the progress bar stays readable."""
     from temporalio.client import Client
     from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 
-    silent = LoggingConfig(filter=TelemetryFilter(core_level="OFF", other_level="OFF"))
-    runtime = Runtime(telemetry=TelemetryConfig(logging=silent))
-    connect = Client.connect(where.address, namespace=where.namespace, runtime=runtime, **where.connect_kwargs)
+    global _RUNTIME
+    if _RUNTIME is None:  # one per process: each holds threads of its own
+        silent = LoggingConfig(filter=TelemetryFilter(core_level="OFF", other_level="OFF"))
+        _RUNTIME = Runtime(telemetry=TelemetryConfig(logging=silent))
+    connect = Client.connect(where.address, namespace=where.namespace, runtime=_RUNTIME, **where.connect_kwargs)
     return await asyncio.wait_for(connect, server.PROBE_TIMEOUT_S * 5)
 
 

@@ -140,6 +140,7 @@ def test_kill_9_of_the_grader_then_the_same_command_resumes_without_grading_anyt
     assert again.returncode == 0, output
     assert f"Resuming grading run {marker['run_id']}" in output
     assert re.search(r"(\d+) notebook\(s\) of this run were graded already: not again", output), output
+    assert "collected by an earlier command: kept" in output  # read from OUT, not even from the server
     runs = runs_of(counter)
     assert {learner: runs.get(learner) for learner in graded_before} == dict.fromkeys(graded_before, 1), runs
     assert set(runs) == set(kinds) and all(n in (1, 2) for n in runs.values()), runs

@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import time
 from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from helpers import errors, server
+from helpers.grading.gradebook import Row, atomic_write
 from helpers.grading.notebook import TAMPERED, NotebookResult, rows_for
 from helpers.grading.plan import LearnerOutcome, LearnerPlan, learner_workflow_id
 from helpers.grading.planning import Key, Planned
@@ -21,6 +25,10 @@ from helpers.grading.workflows import GRADE
 POLL_S = 1.0
 DESCRIBES_PER_POLL = 64
 IDLE_S = 15.0  # with JOBS=0 and nothing running after this long, check that some worker is there at all
+EXPIRED = (
+    "its grades are no longer on the Temporal server (a finished workflow is kept for the namespace's retention "
+    "period, one day on the dev server): grade this learner again"
+)
 SERVER_WAIT_S = 120.0  # a server that does not answer for this long: stop here (the same command resumes later)
 
 
@@ -43,6 +51,35 @@ class Follower:
         self.started = time.monotonic()
         self.already = 0  # notebooks graded before this command attached to the run
         self.pending: dict[str, LearnerPlan] = {lp.key: lp for lp in planned.plan.learners}  # not collected yet
+        self.cache: Path | None = None  # where collected learners are kept until the gradebook is written
+
+    def _remember(self, lp: LearnerPlan) -> None:
+        """Keep a collected learner's grades on disk: a command killed later need not read them again (and the
+        server may have dropped them by then, after its retention period)."""
+        if self.cache is None:
+            return
+        results = [
+            asdict(self.results[(lp.learner, j.notebook)]) for j in lp.jobs if (lp.learner, j.notebook) in self.results
+        ]
+        self.cache.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.cache / f"{lp.key}.json", json.dumps(results, ensure_ascii=False))
+
+    def recall(self) -> int:
+        """The learners an earlier command of this run collected already; returns how many."""
+        if self.cache is None or not self.cache.is_dir():
+            return 0
+        found = 0
+        for key in list(self.pending):
+            try:
+                data = json.loads((self.cache / f"{key}.json").read_text(encoding="utf-8"))
+                results = [NotebookResult(**{**d, "rows": [Row(**r) for r in d["rows"]]}) for d in data]
+            except (OSError, ValueError, TypeError, KeyError):
+                continue
+            for result in results:
+                self._add((result.learner, result.notebook), result)
+            self.pending.pop(key)
+            found += 1
+        return found
 
     async def _monitor(self, client: Any, handle: Any, stop: asyncio.Event, tasks: list[asyncio.Task[Any]]) -> None:
         from temporalio.client import WorkflowExecutionStatus
@@ -85,8 +122,8 @@ class Follower:
                 if self.already:
                     self.progress.line(f"{self.already} notebook(s) of this run were graded already: not again.")
                 first = False
-            running = [r for rs, _ in states for r in rs]
-            retrying = sum(n for _, n in states)
+            running = [r for rs, _, _ in states for r in rs]
+            retrying = sum(n for _, n, _ in states)
             if not self.jobs and not running and not told_idle and self._elapsed() > IDLE_S:
                 told_idle = await self._tell_if_nobody_grades(client)
             if parent.status not in (WorkflowExecutionStatus.RUNNING, WorkflowExecutionStatus.COMPLETED):
@@ -94,6 +131,10 @@ class Follower:
                 for key in list(self.pending):
                     await self._collect(client, key, final=True, why=f"the grading run was {name}")
                 break
+            if parent.status == WorkflowExecutionStatus.COMPLETED:  # all its learners were graded: a missing one
+                for key, (_, _, found) in zip(keys, states, strict=True):  # was kept for the retention period only
+                    if not found:
+                        await self._collect(client, key, final=True, why=EXPIRED)
             self.progress.update(
                 State(len(self.planned.order), len(self.reported), len(self.failed), running, retrying, self._elapsed())
             )
@@ -124,9 +165,9 @@ class Follower:
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    async def _look(self, client: Any, key: str) -> tuple[list[Running], int]:
+    async def _look(self, client: Any, key: str) -> tuple[list[Running], int, bool]:
         """One learner's workflow: report its newly graded notebooks, collect it when it is done; returns what
-        runs now and how many wait for another attempt."""
+        runs now, how many wait for another attempt, and whether the workflow was found."""
         from temporalio.api.enums.v1 import PendingActivityState
         from temporalio.client import WorkflowExecutionStatus
         from temporalio.service import RPCError, RPCStatusCode
@@ -137,12 +178,12 @@ class Follower:
             desc = await handle.describe()
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
-                return [], 0  # not started yet
+                return [], 0, False  # not started yet (or long gone)
             raise
         if desc.status != WorkflowExecutionStatus.RUNNING:
             why = None if desc.status == WorkflowExecutionStatus.COMPLETED else f"its workflow ended ({desc.status})"
             await self._collect(client, key, final=True, why=why)
-            return [], 0
+            return [], 0, True
         memo = await desc.memo()
         for nb, summary in memo.items():
             if (lp.learner, nb) not in self.reported and isinstance(summary, dict):
@@ -160,7 +201,7 @@ class Follower:
                 running.append(Running(label, details.get("cells", 0), details.get("of", 0), pa.attempt))
             elif pa.attempt > 1:
                 retrying += 1
-        return running, retrying
+        return running, retrying, True
 
     async def _collect(self, client: Any, key: str, final: bool, why: str | None = None) -> None:
         """The grades a learner's workflow recorded (its grading activities' results), and error rows for what it
@@ -203,6 +244,7 @@ class Follower:
             self._add(k, NotebookResult(lp.learner, job.notebook, rows_for(lp.learner, ref, "error", f"not graded: "
                                                                                  f"{message}")))  # fmt: skip
         self.pending.pop(key, None)
+        self._remember(lp)
 
     def _add(self, key: Key, result: NotebookResult) -> None:
         if key in self.results:

@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import json
 import secrets
+import shutil
 import signal
 import sys
 import time
@@ -38,6 +39,7 @@ from helpers.grading.workflows import GradeLearner, GradingRun
 __all__ = ["GradingInterrupted", "UsageError", "cores", "grade"]
 
 RESUME_FILE = ".grading-run.json"  # in OUT: the run this gradebook folder is being graded by, until it is written
+CACHE_DIR = ".grading-run"  # in OUT: the learners of that run collected so far
 
 
 class GradingInterrupted(KeyboardInterrupt):
@@ -177,6 +179,7 @@ class Session(Follower):
             unfinished = sum(1 for key in self.planned.order if key not in self.results or key in self.stand_ins)
             raise GradingInterrupted(book, unfinished, self.stop_reason)
         (self.out / RESUME_FILE).unlink(missing_ok=True)
+        shutil.rmtree(self.out / CACHE_DIR, ignore_errors=True)
         self.progress.line(f"Graded in {time.monotonic() - self.started:.1f} s. Gradebook: {self.out / 'report.html'}")
         return book
 
@@ -188,6 +191,9 @@ class Session(Follower):
         run_id, finished = await self._run_id(client)
         plan = dataclasses.replace(self.planned.plan, run_id=run_id, files_queue=f"{run_id}-files")
         self.planned.plan = plan
+        self.cache = self.out / CACHE_DIR / run_id
+        if recalled := self.recall():
+            self.progress.line(f"{recalled} learner(s) of this run were collected by an earlier command: kept.")
         tasks: list[asyncio.Task[Any]] = []
         files = Worker(
             client,

@@ -2,11 +2,12 @@
 
     .venv/bin/python tests/bench_grade.py [--learners 30] [--jobs 1 2] [--notebook NN ...]
 
-Builds a class from solutions/ and notebooks/ (a third all correct, a third untouched, a third half done),
-grades it once per --jobs value in this one run, checks every grade is what it should be, and prints the
-wall-clock times and the speed-up. By default it grades against a private dev server (SQLite, like the
-course's own), so the numbers do not depend on what else runs on localhost:7233; --existing-server uses
-TEMPORAL_ADDRESS / the course server instead.
+Builds a class from solutions/ and notebooks/ (a third all correct, a third untouched, a third half done), grades
+it once per --jobs value in this one run (each a grading run of its own on Temporal, this process grading with
+JOBS slots, as ``make grade`` does), checks every grade is what it should be, and prints the wall-clock times, the
+mean seconds per notebook and the speed-up. The default JOBS of ``make grade`` is the number of cores. By default it
+grades against a private dev server (SQLite, like the course's own), so the numbers do not depend on what else runs
+on localhost:7233; --existing-server uses TEMPORAL_ADDRESS / the course server instead.
 """
 
 from __future__ import annotations
@@ -77,7 +78,8 @@ def main() -> int:
         expected = make_class(subs, args.learners, refs)
         names = ", ".join(r.name for r in refs)
         print(f"{args.learners} learners × {len(refs)} notebooks ({names}) = {len(expected)} notebooks to grade")
-        print(f"machine: {os.cpu_count()} cores; load average before: {os.getloadavg()[0]:.2f}")
+        print(f"machine: {os.cpu_count()} cores (make grade's default JOBS: {run.cores()}); load average before: "
+              f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         times = {}
         for jobs in args.jobs:
             out = base / f"out-jobs{jobs}"
@@ -97,6 +99,7 @@ def main() -> int:
                 + ("all as expected" if not wrong else f"WRONG for {len(wrong)}: {dict(list(wrong.items())[:5])}")
                 + "; mean seconds per notebook: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in per_nb.items())
+                + f"; load average {os.getloadavg()[0]:.2f}"
             )
         if len(times) > 1:
             first = min(times)

@@ -1,5 +1,7 @@
-"""The grader on synthetic submissions built from solutions/ and notebooks/ (notebook 00), against the session's
-dev server. One class of learners is graded once (module fixture); each test reads its part of the gradebook."""
+"""The grader on synthetic submissions built from solutions/ and notebooks/ (notebook 00), on a Temporal server of
+this module's own. One class of learners is graded once (module fixture); each test reads its part of the gradebook:
+the integrity properties (check cells restored, signed records, snapshot of the course files, the process sweep,
+submissions untouched, the bad inputs) hold with the grader running as a Temporal workflow."""
 
 from __future__ import annotations
 

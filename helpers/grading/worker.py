@@ -188,7 +188,7 @@ class GradingWorker:
 
         return grade_notebook
 
-    def temporal_worker(self, client: Any, *, workflows: bool = True, grade: bool = True) -> Any:
+    def temporal_worker(self, client: Any) -> Any:
         """A Temporal worker on the fingerprint's queue: the run workflows, and grading with ``jobs`` slots."""
         from temporalio.worker import Worker
 
@@ -198,8 +198,8 @@ class GradingWorker:
         return Worker(
             client,
             task_queue=self.task_queue,
-            workflows=[GradingRun, GradeLearner] if workflows else [],
-            activities=[self.activity()] if grade else [],
+            workflows=[GradingRun, GradeLearner],
+            activities=[self.activity()],
             activity_executor=executor,
             max_concurrent_activities=self.jobs,
             identity=self.identity,

@@ -1,8 +1,7 @@
-"""What a task queue holds and who polls it, and waiting (bounded) for either.
+"""What a task queue holds: activities that wait for a worker, and waiting (bounded) until a backlog is complete.
 
 Priority only matters when tasks wait: :func:`wait_until_queued` waits until every run of a batch has scheduled its
 activity and no worker has started it, so a demo can build a real backlog before a worker arrives.
-:func:`wait_for_pollers` waits until a number of workers poll a queue (worker processes start in the background).
 """
 
 from __future__ import annotations
@@ -11,10 +10,8 @@ import asyncio
 from collections.abc import Sequence
 from typing import Any
 
-from temporalio.api.enums.v1 import PendingActivityState, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
-from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowHandle
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import WorkflowHandle
 
 from helpers.errors import CourseError
 
@@ -44,25 +41,3 @@ async def wait_until_queued(handles: Sequence[WorkflowHandle[Any, Any]], *, time
             )
         if waiting:
             await asyncio.sleep(POLL_S)
-
-
-async def pollers(client: Client, queue: str, *, activities: bool = True) -> int:
-    """How many workers poll ``queue`` for activity tasks (``activities=False``: for workflow tasks)."""
-    kind = TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY if activities else TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW
-    request = DescribeTaskQueueRequest(
-        namespace=client.namespace, task_queue=TaskQueue(name=queue), task_queue_type=kind
-    )
-    response = await asyncio.wait_for(client.workflow_service.describe_task_queue(request), 5)
-    return len({p.identity for p in response.pollers})
-
-
-async def wait_for_pollers(
-    client: Client, queue: str, count: int, *, activities: bool = True, timeout: float = 15.0
-) -> None:
-    """Return once at least ``count`` workers poll ``queue``."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while (seen := await pollers(client, queue, activities=activities)) < count:
-        if loop.time() >= deadline:
-            raise CourseError(f"Only {seen} of {count} workers poll task queue {queue!r} after {timeout:g} s.")
-        await asyncio.sleep(POLL_S)

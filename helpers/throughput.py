@@ -75,7 +75,8 @@ class CpuMeter:
         capacity = max(seconds, 1e-9) * self.cores
         ours = {name: max(after[name] - before[name], 0.0) / capacity for name in self.groups}
         machine = max(after["machine"] - before["machine"], 0.0) / capacity
-        ours["other programs"] = max(machine - sum(ours.values()), 0.0)
+        # Readings of different processes are a moment apart: never let the parts add up to more than the machine.
+        ours["other programs"] = max(min(machine, 1.0) - sum(ours.values()), 0.0)
         return {part: min(ours[part], 1.0) for part in CPU_PARTS}
 
 
@@ -109,7 +110,7 @@ class Point:
     @property
     def busy(self) -> float:
         """Share of all the machine's cores that worked during the window (0..1)."""
-        return sum(self.cpu.values())
+        return min(sum(self.cpu.values()), 1.0)
 
     def line(self) -> str:
         parts = ", ".join(f"{name} {share:.0%}" for name, share in self.cpu.items())

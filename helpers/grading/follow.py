@@ -23,7 +23,7 @@ from helpers.grading.progress import Progress, Running, State
 from helpers.grading.workflows import GRADE
 
 POLL_S = 1.0
-DESCRIBES_PER_POLL = 64
+DESCRIBES_PER_POLL = 12  # learners' workflows described per poll (the server and this process stay light)
 IDLE_S = 15.0  # with JOBS=0 and nothing running after this long, check that some worker is there at all
 EXPIRED = (
     "its grades are no longer on the Temporal server (a finished workflow is kept for the namespace's retention "
@@ -86,6 +86,7 @@ class Follower:
         from temporalio.service import RPCError, RPCStatusCode
 
         first = True
+        offset = 0
         told_idle = False
         down_since: float | None = None
         while self.pending:
@@ -94,7 +95,10 @@ class Follower:
             for task in tasks:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-            keys = list(self.pending)[:DESCRIBES_PER_POLL]
+            pending = list(self.pending)  # round robin: each learner's workflow looked at every few seconds
+            offset = offset % len(pending)
+            keys = (pending[offset:] + pending[:offset])[: len(pending) if first else DESCRIBES_PER_POLL]
+            offset += len(keys)
             try:
                 states = await asyncio.gather(*(self._look(client, key) for key in keys))
                 parent = await handle.describe()

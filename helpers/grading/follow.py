@@ -52,6 +52,7 @@ class Follower:
         self.already = 0  # notebooks graded before this command attached to the run
         self.pending: dict[str, LearnerPlan] = {lp.key: lp for lp in planned.plan.learners}  # not collected yet
         self.cache: Path | None = None  # where collected learners are kept until the gradebook is written
+        self.requests = asyncio.Semaphore(32)
 
     def _remember(self, lp: LearnerPlan) -> None:
         """Keep a collected learner's grades on disk: a command killed later need not read them again (and the
@@ -100,7 +101,7 @@ class Follower:
             keys = (pending[offset:] + pending[:offset])[: len(pending) if first else DESCRIBES_PER_POLL]
             offset += len(keys)
             try:
-                states = await asyncio.gather(*(self._look(client, key) for key in keys))
+                states = await asyncio.gather(*(self._look_bounded(client, key) for key in keys))
                 parent = await handle.describe()
             except Exception as err:
                 # A server just restarted can say "not found" for a moment, before its state is loaded.
@@ -168,6 +169,10 @@ class Follower:
 
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
+
+    async def _look_bounded(self, client: Any, key: str) -> tuple[list[Running], int, bool]:
+        async with self.requests:  # a first look at a class of hundreds: a few dozen requests at a time
+            return await self._look(client, key)
 
     async def _look(self, client: Any, key: str) -> tuple[list[Running], int, bool]:
         """One learner's workflow: report its newly graded notebooks, collect it when it is done; returns what

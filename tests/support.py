@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import inspect
+import textwrap
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -69,12 +70,34 @@ class Notebook:
             source = edit(source)
         return runtime.write_module(scratch, name or self.module_name(cell_id), source)
 
+    def solution_body(self, cell_id: str) -> str:
+        """The code between ``### BEGIN SOLUTION`` and ``### END SOLUTION`` in a cell, dedented."""
+        lines = self.source(cell_id).split("\n")
+        begin, end = _region(lines)
+        return textwrap.dedent("\n".join(lines[begin + 1 : end]))
+
+    def with_solution(self, cell_id: str, body: str) -> str:
+        """The cell's code (without its ``%%module`` line) with its solution region replaced by ``body``, dedented
+        and then indented like the region: another learner's answer, in the cell as the learner gets it."""
+        lines = self.source(cell_id).split("\n")
+        begin, end = _region(lines)
+        indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
+        answer = textwrap.indent(textwrap.dedent(body).strip("\n"), indent).split("\n")
+        return "\n".join([*lines[:begin], *answer, *lines[end + 1 :]])
+
     async def run_cell(self, cell_id: str, namespace: dict[str, Any]) -> None:
         """Run a code cell (top-level ``await`` allowed) in ``namespace``, as the kernel would."""
         code = compile(self.source(cell_id), f"<cell {cell_id}>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
         result = eval(code, namespace)
         if inspect.iscoroutine(result):
             await result
+
+
+def _region(lines: list[str]) -> tuple[int, int]:
+    """The line numbers of a cell's ``### BEGIN SOLUTION`` and ``### END SOLUTION`` markers."""
+    begin = next(i for i, line in enumerate(lines) if line.strip() == "### BEGIN SOLUTION")
+    end = next(i for i, line in enumerate(lines) if line.strip() == "### END SOLUTION")
+    return begin, end
 
 
 def solution(name: str) -> Notebook:

@@ -79,6 +79,14 @@ def details(event: HistoryEvent, names: dict[int, str]) -> str:
     if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
         a = event.workflow_execution_signaled_event_attributes
         return f"{a.signal_name}({payload_text(a.input)})"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+        request = event.workflow_execution_update_accepted_event_attributes.accepted_request
+        return f"{request.input.name}({payload_text(request.input.args)})"
+    if t == E.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED:
+        outcome = event.workflow_execution_update_completed_event_attributes.outcome
+        if outcome.HasField("failure"):
+            return f"failed: {outcome.failure.message}"
+        return f"→ {payload_text(outcome.success)}"
     if t == E.EVENT_TYPE_MARKER_RECORDED:
         a = event.marker_recorded_event_attributes
         if a.marker_name == "core_patch" and "patch-data" in a.details:  # workflow.patched / deprecate_patch

@@ -223,25 +223,32 @@ class Dashboard:
                     await self._redraw()
             await asyncio.sleep(SAMPLE_S)
 
-    async def settle(self, *, quiet_for: float = 1.5, timeout: float = 20.0) -> bool:
-        """Wait until nothing but retries happens: no run closed and no activity attempt succeeded for
-        ``quiet_for`` s (at most ``timeout`` s). True if it settled."""
+    async def settle(self, *, quiet_for: float = 1.0, stuck_after: int = 5, timeout: float = 25.0) -> bool:
+        """Wait (at most ``timeout`` s) until the load is over: no run has closed for ``quiet_for`` s, and every run
+        still running is retrying an activity that has failed ``stuck_after - 1`` times in a row (asked of the
+        server with ``describe()``, as the UI's pending activities show it). True if it settled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        last: tuple[int, int] | None = None
-        since = loop.time()
+        last, since = -1, loop.time()
         while loop.time() < deadline:
-            s = self.signals
-            state = (
-                sum(n for status, n in s.counts.items() if status != "Running"),
-                sum(s.attempts.values()) - int(sum(s.failures.values())),
-            )
-            if state != last:
-                last, since = state, loop.time()
-            elif state[0] > 0 and loop.time() - since >= quiet_for:
+            closed = sum(n for status, n in self.signals.counts.items() if status != "Running")
+            if closed != last:
+                last, since = closed, loop.time()
+            elif loop.time() - since >= quiet_for and await self._only_stuck_runs_left(stuck_after):
                 return True
             await asyncio.sleep(SAMPLE_S)
         return False
+
+    async def _only_stuck_runs_left(self, stuck_after: int) -> bool:
+        client = self.metered.client
+        try:
+            async for run in client.list_workflows(f"{self.query} AND ExecutionStatus = 'Running'", limit=20):
+                desc = await asyncio.wait_for(client.get_workflow_handle(run.id, run_id=run.run_id).describe(), 5)
+                if not any(a.attempt >= stuck_after for a in desc.raw_description.pending_activities):
+                    return False
+        except Exception:
+            return False
+        return True
 
     def status_line(self) -> str:
         counts = self.signals.counts
@@ -298,12 +305,15 @@ class Dashboard:
 
 
 def _draw_statuses(ax: Any, s: Signals) -> None:
+    from matplotlib.ticker import MaxNLocator
+
     times = [t for t, _ in s.statuses]
     for status in STATUSES:
         ax.plot(times, [c.get(status, 0) for _, c in s.statuses], label=status, color=STATUS_COLORS[status], lw=2)
-    ax.set_title("Workflows by status (visibility: count_workflows … GROUP BY ExecutionStatus)", fontsize=9)
+    ax.set_title("Workflows by status · visibility: count_workflows … GROUP BY ExecutionStatus", fontsize=9)
     ax.set_xlabel("seconds since the load started")
     ax.set_ylabel("workflow runs")
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlim(left=0)
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
@@ -316,12 +326,16 @@ def _draw_durations(ax: Any, s: Signals) -> None:
     from matplotlib.ticker import MaxNLocator
 
     if s.durations:
-        ax.hist(s.durations, bins=[i * 0.1 for i in range(int(max(s.durations) / 0.1) + 2)], color="#4c72b0")
-    ax.set_title(f"Workflow execution duration (SDK: {WORKFLOW_DURATION})", fontsize=9)
+        width = max(0.1, max(s.durations) / 30)  # 0.1 s bins show the runs' tries apart; at most 30 of them
+        ax.hist(s.durations, bins=[i * width for i in range(int(max(s.durations) / width) + 2)], color="#4c72b0")
+    ax.set_title(f"Workflow execution duration · SDK: {WORKFLOW_DURATION}", fontsize=9)
     ax.set_xlabel("seconds from start to close (finished runs)")
     ax.set_ylabel("runs")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.text(0.98, 0.95, f"{len(s.durations)} finished", transform=ax.transAxes, ha="right", va="top", fontsize=8)
+    box = {"facecolor": "white", "edgecolor": "none", "alpha": 0.8}
+    ax.text(
+        0.98, 0.95, f"{len(s.durations)} finished", transform=ax.transAxes, ha="right", va="top", fontsize=8, bbox=box
+    )
 
 
 def _draw_attempts(ax: Any, s: Signals) -> None:
@@ -333,7 +347,7 @@ def _draw_attempts(ax: Any, s: Signals) -> None:
     for y, a in enumerate(names):
         ax.text(s.attempts[a], y, f"  {s.failure_rate(a):.0%} failed", va="center", fontsize=8)
     ax.invert_yaxis()
-    ax.set_title(f"Activity attempts and failure rate (SDK: {ATTEMPTS}, {FAILED_ATTEMPTS})", fontsize=9)
+    ax.set_title("Activity failure rate · SDK: …_execution_failed ÷ …_execution_latency", fontsize=9)
     ax.set_xlabel("attempts")
     ax.set_ylabel("activity type")
     ax.set_xlim(0, max((s.attempts[a] for a in names), default=1) * 1.3)
@@ -352,7 +366,7 @@ def _draw_retries(ax: Any, s: Signals, now: float) -> None:
                 per_second[min(int(t), len(seconds) - 1)] += n
         ax.bar(seconds, per_second, bottom=bottom, width=0.9, align="edge", color=color, label=activity)
         bottom = [b + n for b, n in zip(bottom, per_second, strict=True)]
-    ax.set_title("Retry attempts: failed activity attempts per second (SDK)", fontsize=9)
+    ax.set_title("Retry attempts · SDK: failed activity attempts per second", fontsize=9)
     ax.set_xlabel("seconds since the load started")
     ax.set_ylabel("failed attempts in that second")
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))

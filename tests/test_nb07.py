@@ -309,6 +309,16 @@ def test_search_attributes_of_an_unknown_kind_are_refused_before_the_server_is_a
         asyncio.run(operations.ensure_search_attributes(None, {"X": "Number"}))  # type: ignore[arg-type]
 
 
+def test_a_demo_that_uses_an_unfinished_answer_says_so_in_one_line(capsys):
+    with nb07.uses_answer("07.4"):
+        raise NotImplementedError("Exercise 07.4: return the id")
+    assert capsys.readouterr().out == (
+        "This cell uses your answer to exercise 07.4, which is not done yet; come back once it passes.\n"
+    )
+    with pytest.raises(NotImplementedError), nb07.uses_answer("07.4"):
+        raise NotImplementedError("Exercise 07.3: another exercise's stub is not this one")
+
+
 # --------------------------------------------------------------------------- 07.1 a time-skipping test
 
 TEST_FIELDS = """

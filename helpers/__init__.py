@@ -17,7 +17,9 @@ storage service that logs every chunk), ``failures`` (what a workflow receives f
 learner's activity, for checks). Notebook 05's: ``throughput`` (workflows per second against in flight, slots and
 worker processes, with the CPU of each part), ``worklog`` (which worker process ran which attempt, a crash
 included), ``task_queues`` (a queue's backlog and pollers, waited for), ``history_sizes`` (event counts against the
-history limits, continue-as-new chains).
+history limits, continue-as-new chains). Notebook 06's: ``mailroom`` (messages sent to people and banks, requests
+waiting at an outside agency, in SQLite), ``time_skipping`` (the time-skipping test server inside a kernel, quiet,
+stopped with it), ``approvals`` (an approval's timeline drawn from its history, Approve / Reject buttons).
 """
 
 __all__ = ["__version__"]

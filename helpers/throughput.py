@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 CPU_PARTS = ("server", "workers", "this notebook", "other programs")
 CPU_COLORS = {"server": "#4c72b0", "workers": "#55a868", "this notebook": "#dd8452", "other programs": "#bbbbbb"}
 WINDOW_S = 1.0
-WARM_UP_MAX_S = 5.0  # how long to wait for the first completion before measuring anyway
+WARM_UP_MAX_S = 3.0  # how long to wait for the first completion before measuring anyway
 SETTLE_S = 0.15  # after the first completion: the rest of the first wave finishes, the flow is steady
 RUN_TIMEOUT_S = 20.0  # no single workflow of a benchmark may take longer than this
 CPU_BOUND = 0.7  # from this share on, runs wait for a free core more and more (queueing): the CPU is the limit
@@ -153,9 +153,10 @@ class Bench:
     activities: Sequence[str]
     activity_seconds: float
     points: list[Point] = field(default_factory=list)
-    _procs: list[worker.WorkerProcess] = field(default_factory=list)
-    _config: tuple[int, int] | None = None
+    # (slots, processes) -> (task queue, its worker processes): started on first use or by prepare()
+    _sets: dict[tuple[int, int], tuple[str, list[worker.WorkerProcess]]] = field(default_factory=dict)
     _queue: str = ""
+    _procs: list[worker.WorkerProcess] = field(default_factory=list)
     _n: int = 0
 
     @classmethod
@@ -182,32 +183,37 @@ class Bench:
         return f"Benchmark server (in memory, {state}) with {len(self.points)} measurement(s)"
 
     # ---- workers -----------------------------------------------------------------------------------------
-    async def _workers(self, slots: int, processes: int) -> None:
-        """Worker processes for this setup, on a fresh task queue (the old ones stop meanwhile). Their first, slow
-        runs fall into the measurement's warm-up."""
-        if self._config == (slots, processes) and all(p.alive for p in self._procs):
-            return
-        old, self._procs, self._config = self._procs, [], None
-        self._queue = self.course.new_task_queue(f"bench-{slots}x{processes}-{self._n}")
-        starts = [
-            worker.start_process(
-                self.course,
-                workflows=self.workflows,
-                activities=self.activities,
-                task_queue=self._queue,
-                target=self.dev.target,
-                max_concurrent_activities=slots,
-                replace=False,
+    async def prepare(self, setups: Sequence[tuple[int, int]]) -> None:
+        """Start the worker processes of several ``(slots, processes)`` setups at once, each set on a task queue
+        of its own (they wait there until measured), instead of one setup after the other."""
+        await asyncio.gather(*(self._set(slots, processes) for slots, processes in dict.fromkeys(setups)))
+
+    async def _set(self, slots: int, processes: int) -> tuple[str, list[worker.WorkerProcess]]:
+        key = (slots, processes)
+        if key in self._sets and all(p.alive for p in self._sets[key][1]):
+            return self._sets[key]
+        queue = self.course.new_task_queue(f"bench-{slots}x{processes}-{len(self._sets)}-{self._n}")
+        started = await asyncio.gather(
+            *(
+                worker.start_process(
+                    self.course,
+                    workflows=self.workflows,
+                    activities=self.activities,
+                    task_queue=queue,
+                    target=self.dev.target,
+                    max_concurrent_activities=slots,
+                    replace=False,
+                )
+                for _ in range(processes)
             )
-            for _ in range(processes)
-        ]
-        *_, started = await asyncio.gather(*(p.stop() for p in old), asyncio.gather(*starts))
-        self._procs, self._config = list(started), (slots, processes)
+        )
+        self._sets[key] = (queue, list(started))
+        return self._sets[key]
 
     async def _stop_workers(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self._procs))
+        await asyncio.gather(*(p.stop() for _, procs in self._sets.values() for p in procs))
+        self._sets.clear()
         self._procs = []
-        self._config = None
 
     async def _start(self) -> WorkflowHandle[Any, Any]:
         self._n += 1
@@ -224,7 +230,8 @@ class Bench:
         the measurement. Print and return the :class:`Point`."""
         if min(in_flight, slots, processes) < 1:
             raise CourseError("in_flight, slots and processes must each be at least 1.")
-        await self._workers(slots, processes)
+        # The first, slow runs on new worker processes fall into the warm-up below.
+        self._queue, self._procs = await self._set(slots, processes)
         meter = CpuMeter(self.dev.pid, [p.pid for p in self._procs])
         loop = asyncio.get_running_loop()
         done_at: list[float] = []

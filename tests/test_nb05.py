@@ -22,7 +22,7 @@ from support import graded_run, run_check, solution
 from temporalio.client import WorkflowFailureError
 from temporalio.common import Priority
 
-from helpers import history_sizes, plots, runtime, server, task_queues, throughput, worker, worklog
+from helpers import history, history_sizes, plots, runtime, server, task_queues, throughput, worker, worklog
 from helpers.checks import nb05
 
 NB = solution("05")
@@ -136,6 +136,8 @@ def test_bench_gains_from_runs_in_flight_slots_cap_it_and_the_cpu_is_accounted_f
         try:
             serial = await bench.measure(in_flight=1, slots=50, show=False)
             wide = await bench.measure(in_flight=20, slots=50, show=False)
+            await bench.prepare([(2, 1), (2, 1)])  # started once, used by the next measurement
+            assert list(bench._sets) == [(50, 1), (2, 1)]
             capped = await bench.measure(in_flight=20, slots=2, show=False)
             bench.plot()
         finally:
@@ -285,9 +287,9 @@ def test_children_keep_the_parent_small_and_parent_close_policies(make_course, s
             ],
             activities=[notify.send_notification],
         )
-        parent = await course.start_workflow(notify.NotifyAll.run, 50, 10, show=False)
-        in_one = await course.start_workflow(notify.NotifyAllInOne.run, 50, show=False)
-        assert await course.result(parent) == 50 and await course.result(in_one) == 50
+        parent = await course.start_workflow(notify.NotifyAll.run, 40, 10, show=False)
+        in_one = await course.start_workflow(notify.NotifyAllInOne.run, 40, show=False)
+        assert await course.result(parent) == 40 and await course.result(in_one) == 40
         sizes = await history_sizes.event_counts({"parent": parent, "one": in_one})
         ns = {"course": course, "policies": policies, "asyncio": asyncio}
         printed = await _cells(ns, "policies-run")
@@ -299,6 +301,23 @@ def test_children_keep_the_parent_small_and_parent_close_policies(make_course, s
     assert "TERMINATE       → child TERMINATED" in printed
     assert "REQUEST_CANCEL  → child CANCELED" in printed
     assert "ABANDON         → child RUNNING" in printed
+
+
+def test_batches_make_a_smaller_history_and_retry_as_a_whole(make_course, scratch):
+    batching = NB.module(scratch, "batching-module")
+
+    async def scenario():
+        course = await make_course("05")
+        ns = {"course": course, "batching": batching, "time": time, "history": history, "history_sizes": history_sizes}
+        printed = await _cells(ns, "batching-run")
+        await course.stop_all()
+        return printed
+
+    header, per_item, per_batch = asyncio.run(scenario()).splitlines()
+    assert header.startswith("the same 40 items as")
+    item_events, batch_events = int(per_item.split()[2]), int(per_batch.split()[4])
+    assert batch_events * 3 < item_events, (per_item, per_batch)
+    assert per_item.endswith(" 41") and per_batch.endswith(" 48"), "one failure: 1 item again, or its whole batch"
 
 
 def test_continue_as_new_chain_and_the_history_limit(make_course, scratch):

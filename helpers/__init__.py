@@ -20,6 +20,10 @@ included), ``task_queues`` (a queue's backlog and pollers, waited for), ``histor
 history limits, continue-as-new chains). Notebook 06's: ``mailroom`` (messages sent to people and banks, requests
 waiting at an outside agency, in SQLite), ``time_skipping`` (the time-skipping test server inside a kernel, quiet,
 stopped with it), ``approvals`` (an approval's timeline drawn from its history, Approve / Reject buttons).
+Notebook 07's: ``billing_world`` (a card gateway, a mailer and accounts in SQLite), ``pytest_runs`` (a learner's
+test module run by real pytest from a cell, against other versions of the code; its plugin ``pytest_plugin``),
+``health`` (the SDK's metrics in-process, the four health signals, a live dashboard, Prometheus), ``operations``
+(search attributes, finding runs, why one is stuck, reset, the ``temporal`` CLI).
 """
 
 __all__ = ["__version__"]

@@ -181,6 +181,7 @@ class Dashboard:
         self.title = title
         self.signals = Signals(task_queue)
         self._task: asyncio.Task[None] | None = None
+        self._drawing: asyncio.Task[None] | None = None
         self._handle: Any = None
         self._t0 = 0.0
         self._last_draw = float("-inf")
@@ -193,10 +194,7 @@ class Dashboard:
     async def __aenter__(self) -> Dashboard:
         self._t0 = time.monotonic()
         self.metered.retrieve_updates()  # only what happens from now on
-        with contextlib.suppress(Exception):
-            await self.sample()
-        await self._redraw()
-        self._task = asyncio.create_task(self._poll())
+        self._task = asyncio.create_task(self._poll())  # the first frame is drawn there: the block starts at once
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -204,6 +202,9 @@ class Dashboard:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+        if self._drawing is not None:
+            with contextlib.suppress(BaseException):
+                await self._drawing
         with contextlib.suppress(Exception):
             await self.sample()
         await self._redraw()
@@ -219,8 +220,9 @@ class Dashboard:
         while True:
             with contextlib.suppress(Exception):
                 await self.sample()
-                if self._now() - self._last_draw >= DRAW_S:
-                    await self._redraw()
+                drawing = self._drawing is not None and not self._drawing.done()
+                if not drawing and self._now() - self._last_draw >= DRAW_S:
+                    self._drawing = asyncio.create_task(self._redraw())  # sampling goes on while a frame is drawn
             await asyncio.sleep(SAMPLE_S)
 
     async def settle(self, *, quiet_for: float = 1.0, stuck_after: int = 5, timeout: float = 25.0) -> bool:
@@ -318,8 +320,15 @@ def _draw_statuses(ax: Any, s: Signals) -> None:
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", fontsize=8)
     if s.counts.get("Running"):
-        ax.annotate(f"{s.counts['Running']} still running", (times[-1], s.counts["Running"]), fontsize=8,
-                    xytext=(-80, 12), textcoords="offset points", color=STATUS_COLORS["Running"])  # fmt: skip
+        ax.annotate(
+            f"{s.counts['Running']} still running",
+            (times[-1], s.counts["Running"]),
+            xytext=(-150, 40),
+            textcoords="offset points",
+            fontsize=8,
+            color=STATUS_COLORS["Running"],
+            arrowprops={"arrowstyle": "->", "color": STATUS_COLORS["Running"]},
+        )
 
 
 def _draw_durations(ax: Any, s: Signals) -> None:

@@ -6,6 +6,7 @@
   say) would be noise in the report.
 * Each test's outcome is written as JSON to ``$COURSE_PYTEST_REPORT`` for :mod:`helpers.pytest_runs` (the terminal
   report is for people).
+* If the kernel that started the run dies, the run (pytest and the test server it started) is killed.
 * The process ends with ``os._exit`` once pytest is done: the SDK's threads can abort a normal interpreter exit
   after every test passed (temporalio/sdk-python#300), which would turn a green run into a crash.
 """
@@ -16,12 +17,16 @@ import asyncio
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
 import pytest
 
 REPORT_ENV = "COURSE_PYTEST_REPORT"
+PARENT_ENV = "COURSE_PYTEST_PARENT"  # the kernel's pid: the run ends if the kernel dies
 
 _results: list[dict[str, str]] = []
 _status = {"code": 0}
@@ -31,6 +36,15 @@ def pytest_configure(config: pytest.Config) -> None:
     from helpers.server import sdk_runtime
 
     sdk_runtime()  # the default runtime from now on: its core logs errors only
+    if parent := os.environ.get(PARENT_ENV):
+        threading.Thread(target=_stop_when_orphaned, args=(int(parent),), daemon=True).start()
+
+
+def _stop_when_orphaned(parent: int) -> None:
+    """The kernel that started this run died: stop pytest and whatever it started (a test server) at once."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os.killpg(os.getpgrp(), signal.SIGKILL)  # the run is a process group of its own
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -30,7 +30,7 @@ from types import ModuleType
 from helpers import runtime
 from helpers.errors import CourseError
 from helpers.history import text_table
-from helpers.pytest_plugin import REPORT_ENV
+from helpers.pytest_plugin import PARENT_ENV, REPORT_ENV
 
 RUN_TIMEOUT_S = 20.0
 COLUMNS = "88"  # the width pytest formats its report for (a fixed one: the same report in every run)
@@ -124,6 +124,7 @@ def _environment(folder: Path, scratch: Path, task_queue: str, target: object) -
             "TEMPORAL_NAMESPACE": target.namespace,  # type: ignore[attr-defined]
             "TASK_QUEUE": task_queue,
             REPORT_ENV: str(folder / "report.json"),
+            PARENT_ENV: str(os.getpid()),
         }
     )
     return env

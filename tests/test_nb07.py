@@ -9,6 +9,8 @@ answers, each of which must get its own verdict. The test-writing checks run rea
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -136,6 +138,31 @@ def test_a_run_that_hangs_is_stopped_and_a_module_without_tests_says_so(make_cou
     assert not nothing.passed and nothing.results == [] and nothing.summary().startswith("no test ran")
     assert broken_run.failures and broken_run.failures[0].outcome == "error"
     assert "no_such_module" in broken_run.failures[0].message
+
+
+ORPHAN_PARENT = """
+import os, subprocess, sys
+env = {**os.environ, "COURSE_PYTEST_PARENT": str(os.getpid()), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}
+child = subprocess.Popen(
+    [sys.executable, "-m", "pytest", "-q", "-p", "helpers.pytest_plugin", "test_hangs.py"],
+    cwd=sys.argv[1], env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+)
+print(child.pid, flush=True)
+os._exit(0)  # a kernel that dies without stopping its pytest run
+"""
+
+
+def test_a_run_whose_kernel_died_is_killed(tmp_path: Path):
+    (tmp_path / "test_hangs.py").write_text("import time\n\ndef test_forever():\n    time.sleep(60)\n")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    out = subprocess.run(
+        [sys.executable, "-c", ORPHAN_PARENT, str(tmp_path)], capture_output=True, text=True, timeout=30
+    )
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and server._pid_alive(pid):
+        time.sleep(0.1)
+    assert not server._pid_alive(pid), "the orphaned pytest run is still alive"
 
 
 def test_the_notebooks_own_tests_pass_in_a_few_seconds(make_course, scratch):

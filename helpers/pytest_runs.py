@@ -179,7 +179,7 @@ async def run(
     with contextlib.suppress(OSError, ValueError):
         report = json.loads((folder / "report.json").read_text())
         results = [TestResult(t["test"], t["outcome"], t["message"]) for t in report["tests"]]
-    command = f"python -m pytest -q {test_file.name}"
+    command = f"python -m pytest -q -rfEp --tb=short {test_file.name}"
     return PytestRun(command, text, process.returncode, results, timed_out, label)
 
 

@@ -109,7 +109,7 @@ def test_a_run_copies_the_module_replaces_versions_and_reports_each_test(make_co
     runs = asyncio.run(scenario())
     today, tomorrow = runs["today"], runs["tomorrow"]
     assert today.passed and today.exit_code == 0 and len(today.results) == 2, today
-    assert repr(today).startswith("$ python -m pytest -q test_versions.py\n")
+    assert repr(today).startswith("$ python -m pytest -q -rfEp --tb=short test_versions.py\n")
     assert "PASSED test_versions.py::test_async_tests_run_in_an_event_loop" in today.output
     assert " passed in " in today.output and "Traceback" not in today.output
     assert not tomorrow.passed and tomorrow.summary().startswith("1 of 2 failed: AssertionError")

@@ -13,7 +13,8 @@ JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
 # Test workers: notebooks mostly wait (on timers, activities, the server), so twice the cores keeps them busy.
 TEST_JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) * 2 )))
 # Strict nbval over solutions/: stored outputs are the reference, tests/nbval.cfg masks ids, ports and times.
-NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nbval-cell-timeout 60
+# --twice (root conftest.py): then each solution runs all again in the same kernel, every cell within its budget.
+NBVAL  := --twice --nbval-current-env --nbval-sanitize-with tests/nbval.cfg --nbval-cell-timeout 60
 # JupyterLab refuses to run as root unless told; containers and CI run as root.
 ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
 

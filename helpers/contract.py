@@ -39,9 +39,26 @@ BEGIN = re.compile(r"^(\s*)### BEGIN SOLUTION\s*$")
 END = re.compile(r"^\s*### END SOLUTION\s*$")
 TODO = re.compile(r"#\s*TODO\((\d\d\.\d+)\):\s*(.+?)\s*$")
 
+# A `benchmark` cell measures for its full time when a learner runs it. The test suite, which runs every notebook
+# several times and only checks that such a cell works (its numbers are never compared), sets this variable to a
+# fraction (e.g. 0.25) so that measuring windows shrink with it; the twice-run budget test keeps one full pass.
+BENCHMARK_SCALE_VAR = "COURSE_BENCHMARK_SCALE"
+BENCHMARK_CELL_BUDGET_S = 30.0
+CELL_BUDGET_S = 10.0
+
 KERNELSPEC = {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
 LANGUAGE_INFO = {"name": "python"}
 NBFORMAT, NBFORMAT_MINOR = 4, 5
+
+
+def benchmark_scale() -> float:
+    """How much of its measuring time a ``benchmark`` cell takes (1 unless the tests say less)."""
+    import os
+
+    try:
+        return min(1.0, max(0.05, float(os.environ.get(BENCHMARK_SCALE_VAR, "1"))))
+    except ValueError:
+        return 1.0
 
 
 def discover(folder: Path) -> list[Path]:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from helpers import errors, history, server, worker
+from helpers import contract, errors, history, server, worker
 from helpers.errors import CourseError
 
 if TYPE_CHECKING:
@@ -223,13 +223,20 @@ class Bench:
 
     # ---- measuring ---------------------------------------------------------------------------------------
     async def measure(
-        self, *, in_flight: int, slots: int = 100, processes: int = 1, window: float = WINDOW_S, show: bool = True
+        self,
+        *,
+        in_flight: int,
+        slots: int = 100,
+        processes: int = 1,
+        window: float | None = None,
+        show: bool = True,
     ) -> Point:
         """Keep ``in_flight`` workflows running on ``processes`` worker processes with ``slots`` activity slots
         each: first until they flow (the first completion, then :data:`SETTLE_S`), then for ``window`` seconds,
         the measurement. Print and return the :class:`Point`."""
         if min(in_flight, slots, processes) < 1:
             raise CourseError("in_flight, slots and processes must each be at least 1.")
+        window = WINDOW_S * contract.benchmark_scale() if window is None else window
         # The first, slow runs on new worker processes fall into the warm-up below.
         self._queue, self._procs = await self._set(slots, processes)
         meter = CpuMeter(self.dev.pid, [p.pid for p in self._procs])

@@ -9,7 +9,7 @@ PY     := $(BIN)/python
 STAMP  := $(VENV)/.installed
 # Loads helpers.kernel in every kernel of this venv: %%module and short errors exist before the setup cell runs.
 KERNEL_CONFIG := $(VENV)/etc/ipython/ipython_kernel_config.py
-JOBS   ?= $(shell nproc 2>/dev/null || echo 2)
+JOBS   ?=# grading slots; empty: the grader's default, twice the cores (graded notebooks mostly wait)
 # Test workers: notebooks mostly wait (on timers, activities, the server), so twice the cores keeps them busy.
 TEST_JOBS ?= $(shell echo $$(( $$(nproc 2>/dev/null || echo 2) * 2 )))
 # Strict nbval over solutions/: stored outputs are the reference, tests/nbval.cfg masks ids, ports and times.
@@ -76,14 +76,14 @@ server-status: setup ## Say whether a Temporal server answers and who started it
 
 grade: setup ## Grade SUBMISSIONS=<dir> into OUT=<dir> with JOBS workers [LEARNER=name] [NB=NN]
 	@test -n "$(SUBMISSIONS)" || { echo "usage: make grade SUBMISSIONS=<dir> OUT=<dir> [JOBS=n] [LEARNER=name] [NB=NN]"; exit 2; }
-	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" --jobs $(JOBS) \
+	$(PY) -m helpers.grade "$(SUBMISSIONS)" --out "$(or $(OUT),grading-out)" $(if $(JOBS),--jobs $(JOBS)) \
 	  $(if $(LEARNER),--learner "$(LEARNER)") $(foreach n,$(NB),--notebook $(n))
 
 grade-worker: setup ## Help grade: join the grading runs of these course files at TEMPORAL_ADDRESS with JOBS slots
-	$(PY) -m helpers.grading.worker --jobs $(JOBS)
+	$(PY) -m helpers.grading.worker $(if $(JOBS),--jobs $(JOBS))
 
 check: setup ## Grade your own notebooks/ like the instructor's grader: how far are you? [NB=NN]
-	@$(PY) -m helpers.grading.check $(foreach n,$(NB),--notebook $(n))
+	@$(PY) -m helpers.grading.check $(if $(JOBS),--jobs $(JOBS)) $(foreach n,$(NB),--notebook $(n))
 
 lock: ## Re-resolve requirements-lock.txt in a scratch venv (after changing requirements.txt)
 	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv && .lock-venv/bin/pip install -q -r requirements.txt

@@ -5,9 +5,9 @@
 Builds a class from solutions/ and notebooks/ (a third all correct, a third untouched, a third half done), grades
 it once per --jobs value in this one run (each a grading run of its own on Temporal, this process grading with
 JOBS slots, as ``make grade`` does), checks every grade is what it should be, and prints the wall-clock times, the
-mean seconds per notebook and the speed-up. The default JOBS of ``make grade`` is the number of cores. By default it
-grades against a private dev server (SQLite, like the course's own), so the numbers do not depend on what else runs
-on localhost:7233; --existing-server uses TEMPORAL_ADDRESS / the course server instead.
+mean seconds per notebook, the CPU time used and the speed-up. ``make grade``'s default JOBS is twice the number of
+cores. By default it grades against a private dev server (SQLite, like the course's own), so the numbers do not
+depend on what else runs on localhost:7233; --existing-server uses TEMPORAL_ADDRESS / the course server instead.
 """
 
 from __future__ import annotations
@@ -55,6 +55,20 @@ def make_class(root: Path, learners: int, refs: list[references.Reference]) -> d
     return expected
 
 
+def _cpu(dev: server.DevServer | None) -> float:
+    """CPU seconds used so far by this process, its finished children (nbval runs and their kernels) and the server."""
+    import resource
+
+    import psutil
+
+    usages = (resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN))
+    used = sum(u.ru_utime + u.ru_stime for u in usages)
+    if dev is not None:
+        times = psutil.Process(dev.pid).cpu_times()
+        used += times.user + times.system
+    return used
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--learners", type=int, default=30)
@@ -78,14 +92,16 @@ def main() -> int:
         expected = make_class(subs, args.learners, refs)
         names = ", ".join(r.name for r in refs)
         print(f"{args.learners} learners × {len(refs)} notebooks ({names}) = {len(expected)} notebooks to grade")
-        print(f"machine: {os.cpu_count()} cores (make grade's default JOBS: {run.cores()}); load average before: "
+        default = run.default_jobs()
+        print(f"machine: {os.cpu_count()} cores (make grade's default JOBS: {default}); load average before: "
               f"{os.getloadavg()[0]:.2f}")  # fmt: skip
         times = {}
         for jobs in args.jobs:
             out = base / f"out-jobs{jobs}"
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), _cpu(dev)
             book = run.grade(subs, out, jobs=jobs, only_notebooks=[r.prefix for r in refs], quiet=True)
             times[jobs] = time.monotonic() - t0
+            cpu = _cpu(dev) - cpu0
             got: dict[tuple[str, str], int] = {}
             for row in book.rows:
                 got[(row.learner, row.notebook)] = got.get((row.learner, row.notebook), 0) + row.points
@@ -99,6 +115,7 @@ def main() -> int:
                 + ("all as expected" if not wrong else f"WRONG for {len(wrong)}: {dict(list(wrong.items())[:5])}")
                 + "; mean seconds per notebook: "
                 + ", ".join(f"{k} {v:.1f}" for k, v in per_nb.items())
+                + f"; CPU {cpu:.0f} s ({cpu / len(expected):.1f} s per notebook: grader, nbval, kernels, server)"
                 + f"; load average {os.getloadavg()[0]:.2f}"
             )
         if len(times) > 1:

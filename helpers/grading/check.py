@@ -19,7 +19,7 @@ from helpers import contract, server
 from helpers.grading.gradebook import Gradebook, Row, UsageError
 from helpers.grading.notebook import Settings
 from helpers.grading.run import GradingInterrupted, grade
-from helpers.grading.worker import cores
+from helpers.grading.worker import default_jobs
 
 LEARNER = "you"
 WORDS = {
@@ -79,7 +79,7 @@ def summary(rows: Sequence[Row]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.grading.check", description=__doc__.split("\n")[0])
     parser.add_argument("--notebook", action="append", default=[], help="only notebook NN (repeatable)")
-    parser.add_argument("--jobs", type=int, default=None, help="notebooks checked at once (default: number of cores)")
+    parser.add_argument("--jobs", type=int, default=None, help="notebooks checked at once (default: 2 × cores)")
     parser.add_argument("--folder", type=Path, default=contract.NOTEBOOKS, help="your notebooks (default: notebooks/)")
     args = parser.parse_args(argv)
     out = server.data_dir() / "check"  # the gradebook of your last check, outside the course folder
@@ -88,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         book = grade(
             args.folder,
             out,
-            jobs=args.jobs if args.jobs is not None else cores(),
+            jobs=args.jobs if args.jobs is not None else default_jobs(),
             only_notebooks=args.notebook,
             # Your own notebooks, on your machine: no watch on the course folder (JupyterLab saves into it).
             settings=Settings(watch=(), watch_flat=(), watch_environment=False),

@@ -21,7 +21,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("submissions", type=Path, help="folder with one folder per learner")
     parser.add_argument("--out", type=Path, default=Path("grading-out"), help="gradebook folder (default: %(default)s)")
     parser.add_argument("--jobs", type=int, default=None, help="notebooks graded at once in this process (default: "
-                        "number of cores; 0: none, workers started with make grade-worker grade them)")  # fmt: skip
+                        "2 × cores; 0: none, workers started with make grade-worker grade them)")  # fmt: skip
     parser.add_argument("--learner", action="append", default=[], help="grade only this learner (repeatable); "
                         "merges into an existing gradebook in --out")  # fmt: skip
     parser.add_argument("--notebook", action="append", default=[], help="grade only notebook NN (repeatable)")

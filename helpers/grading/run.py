@@ -33,10 +33,10 @@ from helpers.grading.plan import run_id as new_run_id
 from helpers.grading.planning import Key, Planner, learner_folders
 from helpers.grading.progress import Progress
 from helpers.grading.watch import RepoWatch
-from helpers.grading.worker import GradingWorker, cores
+from helpers.grading.worker import GradingWorker, cores, default_jobs
 from helpers.grading.workflows import GradeLearner, GradingRun
 
-__all__ = ["GradingInterrupted", "UsageError", "cores", "grade"]
+__all__ = ["GradingInterrupted", "UsageError", "cores", "default_jobs", "grade"]
 
 RESUME_FILE = ".grading-run.json"  # in OUT: the run this gradebook folder is being graded by, until it is written
 CACHE_DIR = ".grading-run"  # in OUT: the learners of that run collected so far
@@ -74,7 +74,7 @@ def grade(
     ``out``, an unreadable gradebook to merge into or a solution that cannot be the reference, and
     :class:`GradingInterrupted` on Ctrl-C/SIGTERM, after writing the gradebook (unfinished notebooks as errors)."""
     settings = settings or Settings()
-    jobs = cores() if jobs is None else max(0, jobs)
+    jobs = default_jobs() if jobs is None else max(0, jobs)
     submissions = submissions.resolve()
     out = out.resolve()
     if learners is None:

@@ -74,6 +74,13 @@ def cores() -> int:
     return os.cpu_count() or 1
 
 
+def default_jobs() -> int:
+    """Notebooks graded at once by default: twice the cores. A graded notebook keeps about half a core busy (its
+    kernel starting, its checks waiting on timers, the server, killed workers being noticed), so two per core keep
+    the machine busy without piling up (docs/instructor-guide.md, "Speed", has the measurements)."""
+    return 2 * cores()
+
+
 class GradingWorker:
     """Grades notebooks with one course snapshot, ``jobs`` at a time, in this process."""
 
@@ -226,11 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m helpers.grading.worker",
         description="Join the grading runs of these course files on the Temporal server TEMPORAL_ADDRESS names.",
     )
-    parser.add_argument("--jobs", type=int, default=0, help="notebooks graded at once (default: number of cores)")
+    parser.add_argument("--jobs", type=int, default=0, help="notebooks graded at once (default: 2 × cores)")
     parser.add_argument("--keep-temp", action="store_true", help="keep the graded copies (for debugging the grader)")
     args = parser.parse_args(argv)
     try:
-        return asyncio.run(_serve(args.jobs or cores(), Settings(keep_temp=args.keep_temp)))
+        return asyncio.run(_serve(args.jobs or default_jobs(), Settings(keep_temp=args.keep_temp)))
     except server.ServerError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

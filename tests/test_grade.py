@@ -621,6 +621,7 @@ def test_repo_watch_notices_an_edit_that_restores_size_and_mtime(tmp_path):
         ("from helpers.checks import nb00 as nb01\nnb00 = nb01", "rebinds nb00"),
         ("nb00.check_greet_team = print", "assigns to nb00.check_greet_team"),
         ("setattr(nb00, 'check_greet_team', print)", "setattr() on nb00"),
+        ("import builtins\nbuiltins.setattr(nb00, 'check_greet_team', print)", "setattr() on nb00"),
         ("import builtins\nbuiltins.print = len", "assigns to builtins.print"),
         ("runtime.current = None", "assigns to runtime.current"),
         ("%run evil.py", "%run"),
@@ -655,6 +656,8 @@ def test_review_flags_know_local_names_and_common_attribute_names():
     local = "def run(meter):\n    meter.readings += 1\n\ndef g():\n    runtime = object()\n    runtime.x = 1\n"
     assert review.review_flags(local, (), modules) == []
     assert review.review_flags("sizes = {r.number: r.events for r in runs}", (), modules) == []
+    # A test's monkeypatch (notebook 07) is not setattr() on a module: it undoes itself after the test.
+    assert review.review_flags("def test(monkeypatch):\n    monkeypatch.setattr(meter, 'x', 1)", (), modules) == []
     # The same assignments to the module itself are still noted: at top level, in a function, through `global`.
     assert "assigns to meter.readings" in review.review_flags("meter.readings = 0", (), modules)
     assert "assigns to runtime.current" in review.review_flags("def f():\n    runtime.current = None", (), modules)
@@ -726,8 +729,9 @@ def test_a_regrade_refuses_to_merge_into_an_unreadable_gradebook(tmp_path, capsy
 
 
 KILL_GRADER = """\
-import os, signal, subprocess
+import os, signal, subprocess, time
 subprocess.Popen(["sh", "-c", "sleep {sleep} &"], env={{"PATH": "/usr/bin:/bin"}}, start_new_session=True)
+time.sleep(4)  # the other job grades a notebook meanwhile
 grader = int(open(f"/proc/{{os.getppid()}}/stat").read().rsplit(")", 1)[1].split()[1])  # pytest's parent
 os.kill(grader, signal.SIGTERM)
 """
@@ -737,17 +741,18 @@ def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_
     subs, out, sleep = tmp_path / "subs", tmp_path / "out", SLEEP + "1"
     killer = _after(SOLUTION, "setup", _code("kill", KILL_GRADER.format(sleep=sleep)))
     write_class(subs, {"a-first": SOLUTION, "b-killer": killer, "c-later": SOLUTION})
-    cmd = [sys.executable, "-m", "helpers.grade", str(subs), "--out", str(out), "--jobs", "1", "--notebook", "00"]
+    cmd = [sys.executable, "-m", "helpers.grade", str(subs), "--out", str(out), "--jobs", "2", "--notebook", "00"]
     done = subprocess.run(cmd, cwd=build.ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 130, done.stderr
-    assert "interrupted" in done.stderr and "gradebook was written with 2 notebook(s) not graded" in done.stderr
     with open(out / "grades.csv", newline="", encoding="utf-8") as f:
         rows = {(r["learner"], r["status"], r["message"]) for r in csv.DictReader(f)}
-    assert {(learner, status) for learner, status, _ in rows} == {
-        ("a-first", "passed"),
-        ("b-killer", "error"),
-        ("c-later", "error"),
-    }
-    assert all(msg == notebook.INTERRUPTED for learner, _, msg in rows if learner != "a-first")
+    statuses = {learner: status for learner, status, _ in rows}
+    # The notebooks are taken in the order the run's queue hands them out: each is either graded or not, never half.
+    assert statuses["b-killer"] == "error" and set(statuses.values()) <= {"passed", "error"}
+    assert "passed" in statuses.values()  # graded while the killer waited: kept
+    assert all(msg == notebook.INTERRUPTED for _, status, msg in rows if status == "error")
+    unfinished = sum(1 for status in statuses.values() if status == "error")
+    assert "interrupted" in done.stderr
+    assert f"gradebook was written with {unfinished} notebook(s) not graded" in done.stderr
     assert "Grading was interrupted" in (out / "report.md").read_text(encoding="utf-8")
     assert not [p for p in psutil.process_iter(["cmdline"]) if sleep in (p.info["cmdline"] or [])]

@@ -230,7 +230,8 @@ def review_flags(source: str, protected: Collection[str], roots: Collection[str]
         elif isinstance(node, ast.Call):
             func = node.func
             name = func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else None
-            if name in ("setattr", "delattr") and node.args:
+            builtin = isinstance(func, ast.Name) or (dotted(func) or [""])[0] in ("builtins", "__builtins__")
+            if name in ("setattr", "delattr") and builtin and node.args:  # not a method: monkeypatch.setattr(…)
                 target = dotted(node.args[0])
                 if target and target[0] in roots and target[0] not in local.get(id(node), ()):
                     flag(f"{name}() on {target[0]}")

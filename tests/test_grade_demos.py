@@ -1,5 +1,6 @@
 """The grader leaves out cells tagged ``demo`` (demonstrations no check depends on): every solution still gets full
-marks without them, and an untouched learner notebook still gets "not done" with a hint for every exercise."""
+marks without them. (Untouched learner notebooks graded the same way: tests/test_grade.py for notebook 00, and
+tests/bench_grade.py for every notebook.)"""
 
 from __future__ import annotations
 
@@ -58,12 +59,11 @@ def test_untouched_demo_cells_are_left_out_and_edited_ones_run():
 
 @pytest.fixture(scope="module")
 def class_graded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """One learner hands in every solution, one every untouched learner notebook (on a server of its own)."""
+    """One learner hands in every solution (graded on a server of its own)."""
     base = tmp_path_factory.mktemp("demos")
-    for learner, folder in (("solution", contract.SOLUTIONS), ("untouched", contract.NOTEBOOKS)):
-        (base / "subs" / learner).mkdir(parents=True)
-        for path in contract.discover(folder):
-            shutil.copy(path, base / "subs" / learner / path.name)
+    (base / "subs" / "solution").mkdir(parents=True)
+    for path in contract.discover(contract.SOLUTIONS):
+        shutil.copy(path, base / "subs" / "solution" / path.name)
     with private_server(base / "server"):
         book = run.grade(base / "subs", base / "out", jobs=2, quiet=True)
     logs = {p.relative_to(base / "out" / "logs").as_posix(): p.read_text() for p in (base / "out").rglob("*.txt")}
@@ -77,11 +77,3 @@ def test_every_solution_gets_full_marks_with_its_demo_cells_left_out(class_grade
             assert (row.status, row.points) == ("passed", ex.points), row
         log = class_graded["logs"][f"solution/{ref.name}.txt"]
         assert f"left out {len(ref.demos)} untouched demo cell(s)" in log, ref.name
-
-
-def test_untouched_notebooks_say_not_done_without_their_demo_cells(class_graded):
-    for ref in REFS.values():
-        for ex in ref.exercises:
-            row = class_graded["rows"][("untouched", ref.name, ex.id)]
-            assert (row.status, row.points) == ("not_done", 0), row
-            assert len(row.message) > 10

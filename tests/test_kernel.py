@@ -44,11 +44,9 @@ def test_after_setup_module_lines_match_the_cell():
     assert 'lines_mod.py", line 3' in err or "line 3" in err, err
 
 
-def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_recovers(tmp_path):
+def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_recovers(tmp_path, monkeypatch):
     """Issue 7.3 as a learner meets it: the server stops mid-notebook. Every cell says so in a few lines (no SDK
     traceback, no stderr noise), a check says "could not be checked", and re-running setup brings it all back."""
-    import os
-
     from helpers import server
 
     port = server.free_port()
@@ -89,16 +87,15 @@ def test_a_stopped_server_in_a_real_kernel_reads_as_infrastructure_and_setup_rec
         "print(await course.run(hello_k.Hi.run, 'back', show=False, timeout=15))",
         "print(await course.run(hello_k.Hi.run, 'p', show=False, timeout=15, task_queue=course.new_task_queue('p')))",
     ]
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
     try:
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(s) for s in cells]
         NotebookClient(nb, timeout=60, kernel_name="python3", allow_errors=True).execute()
-    finally:
-        for k, v in saved.items():
-            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-        server.stop(server.Target(env["TEMPORAL_ADDRESS"], "default"))
+    finally:  # with this test's data dir still set: the state file of the server the kernel started is there
+        server.stop(server.target())
+        assert server.probe_sync(server.target(), 1) == "closed", "the test leaves no server behind"
     outs = [cell.outputs for cell in nb.cells]
     stderr = [o.text for cell in outs for o in cell if o.output_type == "stream" and o.name == "stderr"]
     assert not stderr, stderr

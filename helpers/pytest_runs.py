@@ -109,7 +109,9 @@ def _test_file(module: ModuleType | Path) -> Path:
 
 
 def _environment(folder: Path, scratch: Path, task_queue: str, target: object) -> dict[str, str]:
-    env = dict(os.environ)
+    # A run of the learner's tests must not inherit the pytest options of whoever runs this notebook (a CI's
+    # PYTEST_ADDOPTS would change what the report prints).
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     paths = [str(folder), str(scratch), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
         {

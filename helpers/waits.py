@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from typing import Any
 
@@ -36,6 +37,18 @@ FATAL_TASK_CAUSES = {
 }
 
 
+WAIT_SCALE_VAR = "COURSE_WAIT_SCALE"
+
+
+def wait_scale() -> float:
+    """How much longer than stated every bounded wait of the course may take (1 for a learner). The grader sets
+    it for the notebooks it runs several at a time on a busy machine: a right answer must not time out there."""
+    try:
+        return max(1.0, float(os.environ.get(WAIT_SCALE_VAR, "1")))
+    except ValueError:
+        return 1.0
+
+
 async def wait_result(
     client: Client, handle: WorkflowHandle[Any, Any], timeout: float, *, activity_retries: int | None = None
 ) -> Any:
@@ -46,7 +59,7 @@ async def wait_result(
     stops answering ends it with :class:`ServerNotAnswering`.
     """
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = loop.time() + timeout * wait_scale()
     result_task = asyncio.ensure_future(handle.result())
     watchers = {asyncio.ensure_future(_first_fatal_task_failure(handle))}
     if activity_retries is not None:
@@ -185,4 +198,4 @@ def _address(client: Client) -> str:
     return client.service_client.config.target_host
 
 
-__all__ = ["FATAL_TASK_CAUSES", "pending_activities", "wait_result"]
+__all__ = ["FATAL_TASK_CAUSES", "WAIT_SCALE_VAR", "pending_activities", "wait_result", "wait_scale"]

@@ -559,6 +559,9 @@ def test_kernel_environment_has_no_secret_and_no_results_path(tmp_path):
     env = isolation.kernel_env({"COURSE_GRADE_RESULTS": "/x", "PATH": "/bin"}, tmp_path / "home", tmp_path / "lib", "t")
     assert "COURSE_GRADE_RESULTS" not in env and env[nbval_plugin.HANDSHAKE_VAR] == "stdin"
     assert env["PYTHONDONTWRITEBYTECODE"] == "1" and env["PYTHONPATH"] == str(tmp_path / "lib")
+    from helpers import waits
+
+    assert float(env[waits.WAIT_SCALE_VAR]) > 1, "graded notebooks share a busy machine: their waits stretch"
 
 
 def test_course_files_are_a_snapshot_and_edits_to_a_copy_are_seen(tmp_path):

@@ -442,3 +442,24 @@ def test_a_check_with_many_blocked_runs_names_the_activity_and_leaves_nothing_be
     assert still == [], "the check's runs were terminated"
     assert verdict_of(capsys).status == "passed"
     assert fixed_took < 8, fixed_took
+
+
+def test_waits_stretch_when_the_grader_says_the_machine_is_busy(scratch, monkeypatch):
+    """The grader runs several notebooks at once: it sets COURSE_WAIT_SCALE so that a right answer on a busy machine
+    does not time out. A no-worker wait of 1 s then takes 2 s, with the same message."""
+    from helpers import waits
+
+    monkeypatch.setenv(waits.WAIT_SCALE_VAR, "2")
+    assert waits.wait_scale() == 2.0
+
+    async def scenario():
+        course = await new_course(scratch)
+        mod = runtime.write_module(scratch, "shout_scaled", HELLO)
+        started = time.monotonic()
+        with pytest.raises(runtime.WorkflowStuck, match="did not finish within 1 s"):
+            await course.run(mod.Shout.run, "x", show=False, timeout=1)
+        return time.monotonic() - started
+
+    assert 1.9 < asyncio.run(scenario()) < 6
+    monkeypatch.setenv(waits.WAIT_SCALE_VAR, "nonsense")
+    assert waits.wait_scale() == 1.0

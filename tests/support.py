@@ -104,20 +104,3 @@ def solution(name: str) -> Notebook:
     """``solution("01")`` → the solution notebook ``solutions/01_*.ipynb``."""
     (path,) = sorted(build.SOLUTIONS.glob(f"{name}_*.ipynb"))
     return Notebook(path)
-
-
-def graded_run(path: Path) -> tuple[list[Any], dict[str, checks.Verdict | None]]:
-    """Execute a solution notebook as the grader does, its ``demo`` cells left out (the kernel inherits this
-    process's environment, e.g. a ``TEMPORAL_ADDRESS`` set with monkeypatch); return the executed cells and each
-    check's verdict by exercise id."""
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(path, as_version=4)
-    nb.cells = [c for c in nb.cells if "demo" not in c.metadata.get("tags", [])]
-    NotebookClient(nb, timeout=60, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
-    verdicts = {}
-    for cell in nb.cells:
-        if (ex := build.exercise_of(cell)) is not None:
-            text = "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream")
-            verdicts[ex] = checks.parse(text.strip())
-    return nb.cells, verdicts

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from support import graded_run, run_check, solution
+from support import run_check, solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
@@ -640,18 +640,3 @@ def test_wrong_answers_are_still_wrong_where_timers_are_rounded_up(
 
     verdict = run_check(scenario, capsys=capsys)
     assert verdict.status == status and hint in verdict.message, verdict
-
-
-@pytest.mark.slow
-def test_graded_cells_pass_on_a_server_without_the_course_settings(plain_server, monkeypatch):
-    """A workshop's cluster may round short timers up to 1 s and wait 1 s per continue-as-new: every check still
-    passes there. (Only the graded cells: the demo cells are what the grader skips.)"""
-    monkeypatch.setenv("TEMPORAL_ADDRESS", plain_server.address)
-    cells, verdicts = graded_run(NB03.path)
-    for cell in (c for c in cells if c.cell_type == "code"):
-        noise = [o for o in cell.outputs if o.get("output_type") == "error" or o.get("name") == "stderr"]
-        assert not noise, (cell.id, noise)
-    setup = next(c for c in cells if c.id == "setup")
-    assert str(plain_server.port) in "".join(o.get("text", "") for o in setup.outputs)  # it ran there
-    assert sorted(verdicts) == ["03.1", "03.2", "03.3", "03.4"]
-    assert all(v is not None and v.line() == stored_verdict(ex) for ex, v in verdicts.items()), verdicts

@@ -18,7 +18,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from support import graded_run, run_check, solution
+from support import run_check, solution
 from temporalio.client import WorkflowFailureError
 from temporalio.common import Priority
 
@@ -610,26 +610,6 @@ def test_nb05_tally(variant, make_course, scratch, capsys):
     verdict = run_check(scenario, capsys=capsys)
     assert (verdict.exercise, verdict.status) == ("05.3", status), verdict
     assert hint in verdict.message, verdict.message
-
-
-@pytest.mark.slow
-def test_graded_cells_pass_without_the_demos_on_a_server_as_temporal_ships_it(tmp_path: Path, monkeypatch):
-    """The grader skips the demo cells (the benchmark, the fleet, the throwaway servers of the demos), and a
-    workshop's cluster may have none of the course's server settings: every check still passes."""
-    dev = server.DevServer.start(headless=True, course_config=False, log_path=tmp_path / "plain-server.log")
-    try:
-        monkeypatch.setenv("TEMPORAL_ADDRESS", dev.address)
-        cells, verdicts = graded_run(NB.path)
-    finally:
-        dev.stop()
-    for cell in (c for c in cells if c.cell_type == "code"):
-        problems = [o for o in cell.outputs if o.get("output_type") == "error" or o.get("name") == "stderr"]
-        assert not problems, (cell.id, problems)
-    setup = next(c for c in cells if c.id == "setup")
-    assert str(dev.port) in "".join(o.get("text", "") for o in setup.outputs)  # it ran there
-    assert not any("benchmark" in c.metadata.get("tags", []) for c in cells)
-    assert sorted(verdicts) == ["05.1", "05.2", "05.3"]
-    assert all(v is not None and v.status == "passed" for v in verdicts.values()), verdicts
 
 
 def test_check_servers_are_gone_after_the_checks(make_course, scratch, capsys):

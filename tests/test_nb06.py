@@ -20,7 +20,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from support import graded_run, run_check, solution
+from support import run_check, solution
 
 from helpers import approvals, build, kernel, server, time_skipping, worker
 from helpers.checks import nb06
@@ -768,23 +768,3 @@ def test_nb06_leave_request(variant, status, hint, make_course, scratch, capsys)
         assert time.monotonic() - started < 9
 
     assert_verdict(run_check(scenario, capsys=capsys), "06.3", status, hint)
-
-
-# --------------------------------------------------------------------------- graded as the grader does
-
-
-@pytest.mark.slow
-def test_graded_cells_pass_without_the_demos_and_on_a_server_as_temporal_ships_it(tmp_path: Path, monkeypatch):
-    dev = server.DevServer.start(headless=True, course_config=False, log_path=tmp_path / "plain-server.log")
-    try:
-        monkeypatch.setenv("TEMPORAL_ADDRESS", dev.address)
-        cells, verdicts = graded_run(NB.path)
-    finally:
-        dev.stop()
-    for cell in (c for c in cells if c.cell_type == "code"):
-        problems = [o for o in cell.outputs if o.get("output_type") == "error" or o.get("name") == "stderr"]
-        assert not problems, (cell.id, problems)
-    setup = next(c for c in cells if c.id == "setup")
-    assert dev.address.split(":")[1] in "".join(o.get("text", "") for o in setup.outputs)
-    assert sorted(verdicts) == ["06.1", "06.2", "06.3"]
-    assert all(v is not None and v.status == "passed" for v in verdicts.values()), verdicts

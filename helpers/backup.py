@@ -7,16 +7,13 @@ that made it, so after a crash you can count how many chunks were done twice, wh
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 import time
 import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
+
+from helpers.sqlite_world import SqliteWorld
 
 CHUNK_SECONDS = 0.1
-BUSY_TIMEOUT_S = 5.0
 
 SCHEMA = """\
 CREATE TABLE IF NOT EXISTS executions (
@@ -55,28 +52,16 @@ def _attempt() -> int:
     return activity.info().attempt if activity.in_activity() else 0
 
 
-class BackupStore:
+class BackupStore(SqliteWorld):
     """The storage service; its call log is the SQLite file ``path``."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        with contextlib.closing(sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)) as db:
-            db.executescript(SCHEMA)
+    SCHEMA = SCHEMA
 
     def __repr__(self) -> str:
         return f"BackupStore({self.path.name})"
 
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        try:
-            with db:
-                yield db
-        finally:
-            db.close()
-
     def _record(self, file: str, op: str, chunk: int) -> None:
-        with self._db() as db:
+        with self._transaction() as db:
             db.execute("INSERT INTO executions VALUES (?, ?, ?, ?, ?)", (file, op, chunk, _attempt(), time.time()))
 
     async def upload_chunk(self, file: str, chunk: int) -> None:

@@ -14,20 +14,18 @@ charged twice?" is a query), every mail a row in ``mails``. A test points its ac
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from helpers.history import text_table
+from helpers.sqlite_world import SqliteWorld
 
 ALWAYS = -1  # ``declines=ALWAYS``: the bank declines every charge
 LATENCY_S = 0.01  # every call takes a moment (and is a point where a cancelled activity can stop)
-BUSY_TIMEOUT_S = 10.0
 
 SCHEMA = """\
 CREATE TABLE IF NOT EXISTS customers (
@@ -84,37 +82,13 @@ class Call:
         return self.outcome.startswith("failed")
 
 
-class BillingWorld:
+class BillingWorld(SqliteWorld):
     """One SQLite file holding the whole outside world. Safe to use from several processes at once."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        with self._db() as db:
-            db.executescript(SCHEMA)
+    SCHEMA = SCHEMA
 
     def __repr__(self) -> str:
         return f"BillingWorld({self.path.name})"
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # a demo world: survive a crashed process, not a power cut
-            yield db
-        finally:
-            db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     @staticmethod
     def _record(db: sqlite3.Connection, invoice_id: str, service: str, outcome: str) -> None:

@@ -16,15 +16,13 @@ Every call is one short transaction (``BEGIN IMMEDIATE``, a busy timeout), safe 
 
 from __future__ import annotations
 
-import contextlib
 import html
-import sqlite3
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from helpers.history import text_table
+from helpers.sqlite_world import SqliteWorld
 
 SCHEMA = """\
 CREATE TABLE IF NOT EXISTS messages (
@@ -37,7 +35,6 @@ CREATE TABLE IF NOT EXISTS requests (
     token BLOB,                       -- the activity's task token, for asynchronous completion
     answer TEXT, answered_at REAL
 );"""
-BUSY_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -105,39 +102,18 @@ class Messages:
         )
 
 
-class Mailroom:
+class Mailroom(SqliteWorld):
     """The SQLite file of messages and agency requests (see the module docstring)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")  # readers and one writer at a time, from any process
-            db.executescript(SCHEMA)
-        finally:
-            db.close()
+    SCHEMA = SCHEMA
 
     def __repr__(self) -> str:
         return f"Mailroom({self.path.name})"
 
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
-
     # ---- messages ----------------------------------------------------------------------------------------
     def send(self, ref: str, recipient: str, subject: str, *, at: float | None = None) -> None:
         """Record a message a workflow sent (``at``: the workflow's time for it, default now)."""
-        with self._tx() as db:
+        with self._transaction() as db:
             db.execute(
                 "INSERT INTO messages (ref, recipient, subject, at) VALUES (?, ?, ?, ?)",
                 (ref, recipient, subject, time.time() if at is None else at),
@@ -145,7 +121,7 @@ class Mailroom:
 
     def messages(self, ref: str, *, day: float | None = None) -> Messages:
         """What was sent for ``ref``, oldest first (``day``: seconds per day, to show when, in days)."""
-        with self._tx() as db:
+        with self._transaction() as db:
             rows = db.execute(
                 "SELECT ref, recipient, subject, at FROM messages WHERE ref = ? ORDER BY at, seq", (ref,)
             ).fetchall()
@@ -154,7 +130,7 @@ class Mailroom:
     # ---- an outside agency's requests --------------------------------------------------------------------
     def submit(self, kind: str, ref: str, body: str, *, reply_to: str = "", token: bytes | None = None) -> int:
         """A request for the agency; it answers ``reply_to`` (a workflow id) or completes ``token``."""
-        with self._tx() as db:
+        with self._transaction() as db:
             cursor = db.execute(
                 "INSERT INTO requests (kind, ref, body, reply_to, token) VALUES (?, ?, ?, ?, ?)",
                 (kind, ref, body, reply_to, token),
@@ -169,11 +145,11 @@ class Mailroom:
         return self._requests("WHERE ref = ?", (ref,))
 
     def answered(self, seq: int, answer: str) -> None:
-        with self._tx() as db:
+        with self._transaction() as db:
             db.execute("UPDATE requests SET answer = ?, answered_at = ? WHERE seq = ?", (answer, time.time(), seq))
 
     def _requests(self, where: str, args: tuple[str, ...] = ()) -> list[Request]:
-        with self._tx() as db:
+        with self._transaction() as db:
             rows = db.execute(
                 f"SELECT seq, kind, ref, body, reply_to, token, answer FROM requests {where} ORDER BY seq", args
             ).fetchall()

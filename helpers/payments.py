@@ -12,17 +12,15 @@ unavailable or rate limited. Its errors are plain Python exceptions, as a client
 
 from __future__ import annotations
 
-import contextlib
 import html
-import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from helpers.history import text_table
+from helpers.sqlite_world import SqliteWorld
 
 # The provider's tables. The UNIQUE constraint is what makes the key safe under races: of two requests with one
 # key that both pass the "seen it?" check at the same moment, only one INSERT can succeed.
@@ -38,8 +36,6 @@ CREATE TABLE IF NOT EXISTS dropped_responses (  -- test hook: charge, then lose 
     order_id  TEXT PRIMARY KEY,
     remaining INTEGER NOT NULL
 );"""
-
-BUSY_TIMEOUT_S = 5.0
 
 
 class IdempotencyKeyReused(ValueError):
@@ -58,33 +54,13 @@ class Charge:
         return f"{self.amount_cents / 100:.2f}"
 
 
-class PaymentProvider:
+class PaymentProvider(SqliteWorld):
     """A payment provider whose ledger of charges is the SQLite file ``path`` (shared by every process)."""
 
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S)
-        try:
-            db.executescript(SCHEMA)
-        finally:
-            db.close()
+    SCHEMA = SCHEMA
 
     def __repr__(self) -> str:
         return f"PaymentProvider({self.path.name}, {len(self.charges())} charges)"
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            db.execute("BEGIN IMMEDIATE")  # one writer at a time: check-then-act cannot interleave
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-        finally:
-            db.close()
 
     # ---- the API a charge activity calls -------------------------------------------------------------------
     def charge(self, order_id: str, amount_cents: int, *, idempotency_key: str | None = None) -> str:
@@ -133,14 +109,6 @@ class PaymentProvider:
                 () if order_id is None else (order_id,),
             ).fetchall()
         return [Charge(*row) for row in rows]
-
-    def query(self, sql: str, *params: object) -> list[tuple[object, ...]]:
-        """Run a read-only SQL query against the provider's database (what its support team would do)."""
-        db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
-        try:
-            return db.execute(sql, params).fetchall()
-        finally:
-            db.close()
 
     def table(self, orders: Mapping[str, str]) -> ChargesTable:
         """How often each order (``{"label": order_id}``) was charged, and with which keys."""

@@ -24,18 +24,18 @@ database, not the caller, makes it safe).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import html
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
 
 from helpers.history import text_table
+from helpers.sqlite_world import SqliteWorld
 
 TRANSIENT, PERMANENT, TIMEOUT, SLOW = "transient", "permanent", "timeout", "slow"
 KINDS = (TRANSIENT, PERMANENT, TIMEOUT)  # what the failure matrix injects; SLOW only sets up crash demos
@@ -103,7 +103,6 @@ CREATE TABLE IF NOT EXISTS effects (
 );"""
 
 INITIAL_STOCK = {"mug": 1_000_000, "teapot": 1_000_000}
-BUSY_TIMEOUT_S = 10.0
 
 
 def _cents(amount: float) -> int:
@@ -245,38 +244,18 @@ class Fault:
     delay: float
 
 
-class ShopWorld:
+class ShopWorld(SqliteWorld):
     """One SQLite file holding the whole outside world. Safe to use from several processes at once."""
 
+    SCHEMA = SCHEMA
+
     def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
+        super().__init__(path)
         with self._db() as db:
-            db.executescript(SCHEMA)
             db.executemany("INSERT OR IGNORE INTO stock VALUES (?, ?)", INITIAL_STOCK.items())
 
     def __repr__(self) -> str:
         return f"ShopWorld({self.path.name})"
-
-    @contextlib.contextmanager
-    def _db(self) -> Iterator[sqlite3.Connection]:
-        db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # a demo world: survive a crashed process, not a power cut
-            yield db
-        finally:
-            db.close()
-
-    @contextlib.contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._db() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
 
     # ---- failures ------------------------------------------------------------------------------------------
     def inject(

@@ -5,10 +5,10 @@ links), ``waits`` (bounded waits that say why a run did not finish), ``errors`` 
 importable from anywhere), ``kernel`` (``%%module`` and short error display in Jupyter), ``watchdog`` (stops an
 ``async def`` activity that never awaits), ``worker`` (workers, scripts and throwaway servers in their own
 processes, for crash demos), ``history`` and ``plots`` (what a run did), ``ledger`` (what really happened in the
-outside world), ``replay`` (replaying histories), ``widgets``, ``environment``, ``checks`` (exercise verdicts),
+outside world), ``sqlite_world`` (a service whose state is a SQLite file every process shares), ``replay``
+(replaying histories), ``widgets`` (with their text fallback), ``environment``, ``checks`` (exercise verdicts),
 ``contract`` (the notebook contract), ``build`` (learner notebooks from solutions), the package ``grading`` (the
-instructor's gradebook; ``grade`` is its command). Notebook
-04's: ``shop_world`` (a shop and a travel agency in SQLite, with injected failures), ``saga_lab`` (saga runs, their
+instructor's gradebook; ``grade`` is its command). Notebook 04's: ``shop_world`` (a shop and a travel agency in SQLite, with injected failures), ``saga_lab`` (saga runs, their
 timeline, the failure matrix), ``activity_probe`` (runs one activity as a compensation, for checks). Notebook 03's:
 ``payments`` (a payment provider in SQLite with idempotency keys, a card gateway that fails by card), ``backup`` (a
 storage service that logs every chunk), ``failures`` (what a workflow receives from a failed activity, in one line),

@@ -25,6 +25,7 @@ from temporalio.api.enums.v1 import EventType as E
 from temporalio.client import WorkflowHistory
 
 from helpers.errors import short_failure
+from helpers.widgets import TextFallback
 
 COLORS = {
     "waiting": "#d9d9d9",
@@ -187,7 +188,7 @@ def timeline(runs: Mapping[str, WorkflowHistory], *, day: float, title: str, uni
 # --------------------------------------------------------------------------- the buttons
 
 
-class DecisionButtons:
+class DecisionButtons(TextFallback):
     """Approve / Reject buttons: a click calls ``send(approved)``, which sends the real signal.
 
     ``sent`` is None until a button was clicked (then True or False): the notebook's next cell decides by code
@@ -241,13 +242,6 @@ class DecisionButtons:
         self._buttons = [approve, reject]
         self._output = w.HTML(f"<span>Decide as {html.escape(self.who)}:</span>")
         return w.VBox([self._output, w.HBox(self._buttons)])
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if self._widget is None:
-            self._widget = self._build()
-        bundle = dict(self._widget._repr_mimebundle_())
-        bundle["text/plain"] = self.summary()
-        return bundle
 
 
 __all__ = ["ApprovalLife", "Deadline", "DecisionButtons", "Mark", "life", "timeline", "timeline_figure"]

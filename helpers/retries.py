@@ -19,6 +19,7 @@ from typing import Any
 from temporalio.common import RetryPolicy
 
 from helpers.history import text_table
+from helpers.widgets import TextFallback
 
 UNLIMITED_SHOWN = 12  # attempts drawn for a policy without maximum_attempts
 
@@ -166,7 +167,7 @@ def plot_schedule(policy: RetryPolicy, *, ax: Any = None) -> Any:
 # --------------------------------------------------------------------------- explorer
 
 
-class RetryExplorer:
+class RetryExplorer(TextFallback):
     """Sliders for a policy's four numbers; shows its schedule as a chart and the ``RetryPolicy(...)`` to paste.
 
     Its plain-text form (what nbval compares and a terminal shows) is a fixed sentence: nothing needs a click.
@@ -253,13 +254,6 @@ class RetryExplorer:
             f"{html.escape(schedule(self.policy).ending())}</div>"
             f"<pre>{html.escape(self.code())}</pre>"
         )
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if self._widget is None:
-            self._widget = self._build()
-        bundle = dict(self._widget._repr_mimebundle_())
-        bundle["text/plain"] = self.summary()
-        return bundle
 
 
 def last_attempts(history: Any) -> str:

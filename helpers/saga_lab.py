@@ -25,6 +25,7 @@ from temporalio.client import WorkflowFailureError, WorkflowHistory
 from helpers import errors, plots, runtime
 from helpers.history import text_table
 from helpers.shop_world import COMPENSATIONS, KINDS, ORDER_STEPS, Effects, OrderState, ShopWorld, TripState, money
+from helpers.widgets import TextFallback
 
 NEEDS_HUMAN = "NeedsHuman"  # the error type a saga raises when a compensation failed for good
 ENDINGS = {
@@ -400,7 +401,7 @@ async def failure_matrix(
 # --------------------------------------------------------------------------- the widget
 
 
-class FailurePicker:
+class FailurePicker(TextFallback):
     """Pick the failing step and the kind of failure, press Run: one real order runs, and its outcome, the world
     and the timeline appear below. ``run(step, kind)`` (``step`` None: no failure) does the work."""
 
@@ -469,13 +470,6 @@ class FailurePicker:
         button.on_click(self._clicked)
         self._output = w.Output()
         return w.VBox([w.HBox([step, kind]), button, self._output])
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if self._widget is None:
-            self._widget = self._build()
-        bundle = dict(self._widget._repr_mimebundle_())
-        bundle["text/plain"] = self.summary()
-        return bundle
 
 
 __all__ = [

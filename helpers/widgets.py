@@ -23,7 +23,31 @@ SELECTED_CSS = f"""<style>
 </style>"""
 
 
-class ClassificationQuiz:
+class TextFallback:
+    """Base of the course's widgets: built on first display, and shown as ``summary()`` wherever widgets do not
+    render (nbval compares that text, a terminal shows it, a graded copy keeps it). Subclasses set
+    ``self._widget = None`` and implement ``_build()`` and ``summary()``."""
+
+    _widget: Any = None
+
+    def summary(self) -> str:
+        raise NotImplementedError
+
+    def _build(self) -> Any:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return self.summary()
+
+    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
+        if self._widget is None:
+            self._widget = self._build()
+        bundle = dict(self._widget._repr_mimebundle_())
+        bundle["text/plain"] = self.summary()  # the widget's own repr is long and changes with every click
+        return bundle
+
+
+class ClassificationQuiz(TextFallback):
     """One row of toggle buttons per item; below, the ``VARIABLE = {...}`` code for the choices made so far.
 
     ``items`` maps a short key to the text shown; ``choices`` are the possible answers (strings).
@@ -93,9 +117,6 @@ class ClassificationQuiz:
             f"{self.variable} = {{...}} code to paste into the exercise cell appears under the buttons.\n{scenarios}"
         )
 
-    def __repr__(self) -> str:
-        return self.summary()
-
     def _build(self) -> Any:
         import ipywidgets as w
 
@@ -139,10 +160,3 @@ class ClassificationQuiz:
             return
         progress = f"{self.answered()} of {len(self.items)} answered — copy this into the exercise cell:"
         self._code.value = f"<div>{html.escape(progress)}</div><pre>{html.escape(self.code())}</pre>"
-
-    def _repr_mimebundle_(self, include: Any = None, exclude: Any = None) -> dict[str, Any]:
-        if self._widget is None:
-            self._widget = self._build()
-        bundle = dict(self._widget._repr_mimebundle_())
-        bundle["text/plain"] = self.summary()  # the widget's own repr is long and changes with every click
-        return bundle

@@ -85,6 +85,12 @@ class Notebook:
         answer = textwrap.indent(textwrap.dedent(body).strip("\n"), indent).split("\n")
         return "\n".join([*lines[:begin], *answer, *lines[end + 1 :]])
 
+    def stored_verdict(self, ex_id: str) -> str:
+        """The verdict line the solution stores for ``ex_id``: the grader compares a learner's check output with it
+        strictly, so every right answer must print exactly this line."""
+        cell = next(c for c in self.cells.values() if build.exercise_of(c) == ex_id)
+        return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream").strip()
+
     async def run_cell(self, cell_id: str, namespace: dict[str, Any]) -> None:
         """Run a code cell (top-level ``await`` allowed) in ``namespace``, as the kernel would."""
         code = compile(self.source(cell_id), f"<cell {cell_id}>", "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)

@@ -22,7 +22,7 @@ from support import run_check, solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
-from helpers import backup, build, failures, heartbeats, payments, retries, server, timeouts, worker
+from helpers import backup, failures, heartbeats, payments, retries, server, timeouts, worker
 from helpers.checks import nb03
 
 matplotlib.use("Agg")
@@ -40,18 +40,11 @@ def swap_region(source: str, new: str) -> str:
     return "\n".join(lines[:begin] + body + lines[end + 1 :])
 
 
-def stored_verdict(ex_id: str) -> str:
-    """The verdict line the solution notebook stores for ``ex_id``: the grader compares a learner's check output with
-    it strictly, so every right answer must print exactly this line."""
-    cell = next(c for c in NB03.cells.values() if build.exercise_of(c) == ex_id)
-    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream").strip()
-
-
 def assert_verdict(verdict, ex_id: str, status: str, hint: str) -> None:
     assert (verdict.exercise, verdict.status) == (ex_id, status), verdict
     assert hint in verdict.message, verdict.message
     if status == "passed":
-        assert verdict.line() == stored_verdict(ex_id)
+        assert verdict.line() == NB03.stored_verdict(ex_id)
 
 
 def exercise_module(scratch: Path, cell_id: str, variant: str, variants: dict[str, str], *, edit=None):

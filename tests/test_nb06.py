@@ -22,7 +22,7 @@ import matplotlib
 import pytest
 from support import run_check, solution
 
-from helpers import approvals, build, kernel, server, time_skipping, worker
+from helpers import approvals, kernel, server, time_skipping, worker
 from helpers.checks import nb06
 from helpers.mailroom import Mailroom
 
@@ -49,17 +49,11 @@ def region(cell_id: str) -> str:
     return textwrap.dedent("\n".join(lines[begin + 1 : end]))
 
 
-def stored_verdict(ex_id: str) -> str:
-    """The verdict line the solution stores for ``ex_id``: every right answer must print exactly this line."""
-    cell = next(c for c in NB.cells.values() if build.exercise_of(c) == ex_id)
-    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream").strip()
-
-
 def assert_verdict(verdict, ex_id: str, status: str, hint: str) -> None:
     assert (verdict.exercise, verdict.status) == (ex_id, status), verdict
     assert hint in verdict.message, verdict.message
     if status == "passed":
-        assert verdict.line() == stored_verdict(ex_id)
+        assert verdict.line() == NB.stored_verdict(ex_id)
 
 
 def given_modules(scratch: Path) -> dict:

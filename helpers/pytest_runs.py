@@ -33,6 +33,7 @@ from helpers.history import text_table
 from helpers.pytest_plugin import PARENT_ENV, REPORT_ENV
 
 RUN_TIMEOUT_S = 20.0
+CI_MARKERS = ("CI", "BUILD_NUMBER")  # the variables that switch pytest to its CI mode (_pytest.compat.running_on_ci)
 COLUMNS = "88"  # the width pytest formats its report for (a fixed one: the same report in every run)
 PYTEST_ARGS = ("-q", "-rfEp", "--tb=short", "--no-header", "-p", "no:cacheprovider")
 
@@ -110,8 +111,9 @@ def _test_file(module: ModuleType | Path) -> Path:
 
 def _environment(folder: Path, scratch: Path, task_queue: str, target: object) -> dict[str, str]:
     # A run of the learner's tests must not inherit the pytest options of whoever runs this notebook (a CI's
-    # PYTEST_ADDOPTS would change what the report prints).
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    # PYTEST_ADDOPTS would change what the report prints), nor pytest's CI mode (CI or BUILD_NUMBER set: the short
+    # summary stops truncating messages): the same report everywhere.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_") and k not in CI_MARKERS}
     paths = [str(folder), str(scratch), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
     env.update(
         {

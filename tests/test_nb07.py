@@ -140,6 +140,25 @@ def test_a_run_that_hangs_is_stopped_and_a_module_without_tests_says_so(make_cou
     assert "no_such_module" in broken_run.failures[0].message
 
 
+def test_the_report_is_the_same_on_a_ci_machine(make_course, scratch, monkeypatch):
+    # pytest stops truncating the short summary's messages when CI or BUILD_NUMBER is set: the notebook's stored
+    # report must still match what a CI run prints
+    long = "x" * 200
+    wordy = kernel.write_module(scratch, "test_wordy", f"def test_long_message():\n    assert False, {long!r}\n")
+
+    async def scenario():
+        await make_course("07")
+        here = await pytest_runs.run(wordy)
+        monkeypatch.setenv("CI", "true")
+        monkeypatch.setenv("BUILD_NUMBER", "7")
+        return here, await pytest_runs.run(wordy)
+
+    here, on_ci = asyncio.run(scenario())
+    summary = [line for line in here.output.splitlines() if line.startswith("FAILED")]
+    assert summary and summary[0].endswith("...") and len(summary[0]) <= int(pytest_runs.COLUMNS)
+    assert on_ci.output.splitlines()[:-1] == here.output.splitlines()[:-1]  # all but "1 failed in 0.52s"
+
+
 ORPHAN_PARENT = """
 import os, subprocess, sys
 env = {**os.environ, "COURSE_PYTEST_PARENT": str(os.getpid()), "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1"}

@@ -6,7 +6,10 @@ import asyncio
 import gc
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from support import verdict_of
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import History, HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
@@ -253,6 +256,25 @@ T_ROUNDED_CLOCK = """        ticket_id = str(workflow.uuid4())
 def test_an_agent_that_follows_the_clock_is_told_apart(by_second, follows):
     """Issue 7.9: with runs in two seconds, `AGENTS[workflow.now().second % 3]` gave two agents and passed."""
     assert nb02.follows_the_clock(by_second) is follows
+
+
+def test_the_clock_of_a_run_is_that_of_its_first_completed_workflow_task():
+    """A correct 02.1 failed while grading on a loaded machine: its first workflow task timed out, and workflow.now()
+    in the task that ran the code was the second task's start, 12 s later."""
+
+    def event(kind: str, second: int) -> HistoryEvent:
+        return HistoryEvent(event_type=getattr(EventType, f"EVENT_TYPE_{kind}"), event_time=Timestamp(seconds=second))
+
+    kinds = ["WORKFLOW_EXECUTION_STARTED", "WORKFLOW_TASK_SCHEDULED", "WORKFLOW_TASK_STARTED"]
+    timed_out = History(
+        events=[event(k, 100) for k in kinds]
+        + [event("WORKFLOW_TASK_TIMED_OUT", 110), event("WORKFLOW_TASK_SCHEDULED", 110)]
+        + [event("WORKFLOW_TASK_STARTED", 112), event("WORKFLOW_TASK_COMPLETED", 112)]
+        + [event("WORKFLOW_TASK_STARTED", 150), event("WORKFLOW_TASK_COMPLETED", 150)]
+    )
+    assert nb02._first_task_time(timed_out).timestamp() == 112
+    first_time = History(events=[event(k, 100) for k in kinds] + [event("WORKFLOW_TASK_COMPLETED", 100)])
+    assert nb02._first_task_time(first_time).timestamp() == 100
 
 
 @pytest.mark.parametrize(

@@ -61,8 +61,18 @@ def clock_rule(agents: list[str], chosen: list[str], started: list[datetime]) ->
 
 
 def _first_task_time(hist: Any) -> datetime:
-    """When the first workflow task started: what ``workflow.now()`` returns during that task."""
-    started = next(e for e in hist.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED)
+    """When the first workflow task that completed started: what ``workflow.now()`` returns during that task.
+
+    Not simply the first WorkflowTaskStarted: on a loaded machine that task can time out, and the SDK runs the code
+    again in the next one (the timed-out attempt does not count, so ``workflow.now()`` is the later start)."""
+    started = None
+    for event in hist.events:
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED:
+            started = event
+        elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED and started is not None:
+            break
+    if started is None:
+        raise ValueError("the history has no workflow task")
     return started.event_time.ToDatetime().replace(tzinfo=timezone.utc)
 
 

@@ -759,3 +759,31 @@ def test_a_notebook_that_terminates_the_grader_loses_only_unfinished_grades(tmp_
     assert f"gradebook was written with {unfinished} notebook(s) not graded" in done.stderr
     assert "Grading was interrupted" in (out / "report.md").read_text(encoding="utf-8")
     assert not [p for p in psutil.process_iter(["cmdline"]) if sleep in (p.info["cmdline"] or [])]
+
+
+DIES_ONCE = """
+import os, pathlib
+_marker = pathlib.Path({marker!r})
+if not _marker.exists():  # the first kernel of the test dies while it starts, as one on a swamped machine may
+    _marker.write_text("died once")
+    os._exit(1)
+"""
+
+
+def test_a_kernel_that_dies_before_any_cell_ran_is_replaced_not_graded(tmp_path):
+    """A kernel killed while starting ("Kernel died before replying to kernel_info", seen once under a full make
+    test) says nothing about the notebook: the grader runs it again on a fresh kernel instead of an error row."""
+    course = tmp_path / "course"
+    shutil.copytree(build.ROOT / "helpers", course / "helpers", ignore=shutil.ignore_patterns("__pycache__"))
+    (course / "tests").mkdir()
+    shutil.copy2(build.ROOT / "tests" / "nbval.cfg", course / "tests" / "nbval.cfg")
+    marker = tmp_path / "died"
+    kernel_module = course / "helpers" / "kernel.py"  # the extension every course kernel loads as it starts
+    kernel_module.write_text(kernel_module.read_text() + DIES_ONCE.format(marker=str(marker)))
+    settings = notebook.Settings(cell_timeout=30, notebook_timeout=120, source=course, watch_environment=False)
+    result = notebook.grade_submission(
+        "ada", REF, SOLUTION, settings, tmp_path, dict(os.environ), course_files.CourseFiles(course)
+    )
+    assert marker.read_text() == "died once"
+    assert [(r.status, r.points) for r in result.rows] == [("passed", 1)] * len(EXERCISES), result.rows
+    assert result.runs == 2 and "a fresh one" in result.log and not result.notes

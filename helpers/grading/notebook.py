@@ -29,6 +29,7 @@ from helpers.grading.watch import environment_dirs, package_dirs
 CELL_TIMEOUT_S = 60.0
 NOTEBOOK_TIMEOUT_S = 600.0
 MAX_RUNS = 3
+KERNEL_RESTARTS = 2  # runs again when a kernel dies before any cell ran (a busy machine; not the notebook's doing)
 INTERRUPTED = "grading was interrupted"
 TAMPERED = "the grading records were tampered with"
 
@@ -158,6 +159,7 @@ def grade_submission(
         skip: dict[str, str] = {}  # graded cell id -> what happened to it
         tainted: set[str] = set()  # cells that ran after a hang nobody could re-run around
         run: RunResult | None = None
+        restarts = 0  # runs whose kernel never came up
         first = graded_copy(submission, ref, skip_demos=settings.skip_demos)
         result.notes += first.notes
         logs = [f"left out {len(first.demos)} untouched demo cell(s): {', '.join(first.demos)}"] if first.demos else []
@@ -176,6 +178,10 @@ def grade_submission(
                 run.tampered = run.tampered or f"the grader's private copy of the course files changed: {shown}"
             if run.tampered:
                 break
+            if kernel_did_not_start(run) and restarts < KERNEL_RESTARTS and time.monotonic() < deadline - 30:
+                restarts += 1  # no learner code ran yet: the machine's doing (a busy one), not a grade
+                logs.append(f"the kernel died or did not answer before any cell ran: a fresh one (try {restarts + 1})")
+                continue
             hung = culprit(run)
             if hung is None:
                 break
@@ -213,6 +219,19 @@ def grade_submission(
         if not settings.keep_temp:
             shutil.rmtree(work_root, ignore_errors=True)
     return result
+
+
+def kernel_did_not_start(run: RunResult) -> bool:
+    """Whether the run's kernel never ran a cell: it died or timed out before answering (jupyter_client's "Kernel
+    died before replying to kernel_info"). Nothing of the learner's ran yet, so it says nothing about the notebook."""
+    if not run.order or run.killed:
+        return False
+    first = run.records[run.order[0]]
+    return (
+        first.get("when") == "setup"
+        and not first.get("ok")
+        and all(rec.get("when") != "call" for rec in run.records.values())
+    )
 
 
 def server_was_down(run: RunResult) -> bool:

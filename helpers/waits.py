@@ -76,6 +76,10 @@ async def wait_result(
                     raise error
             if not pending - watchers:
                 break
+        if not result_task.done() and await _closed(handle):
+            # it ended just as the time ran out (a busy machine): its result, not "did not finish"
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(result_task), 5)
         if result_task.done():
             if (err := result_task.exception()) is not None and is_unavailable(err):
                 raise server_not_answering(_address(client))
@@ -142,6 +146,15 @@ def pending_activities(description: Any) -> tuple[PendingActivity, ...]:
             )
         )
     return tuple(out)
+
+
+async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
+    """Whether the run has ended (completed, failed, …), as far as the server says within 3 s."""
+    try:
+        desc = await asyncio.wait_for(handle.describe(), 3)
+    except Exception:
+        return False
+    return desc.status not in (None, WorkflowExecutionStatus.RUNNING)
 
 
 async def _stuck(client: Client, handle: WorkflowHandle[Any, Any], timeout: float) -> CourseError:

@@ -61,6 +61,22 @@ def benchmark_scale() -> float:
         return 1.0
 
 
+def budget_stretch() -> float:
+    """How much a time budget stretches on a machine shared by several test workers: workers per core (at least 1).
+
+    A budget (``CELL_BUDGET_S``, a check's 10 s) is what one notebook may take on the learner's machine. The test
+    suite runs several notebooks at once (pytest-xdist sets ``PYTEST_XDIST_WORKER_COUNT``): each then gets a share
+    of the cores, and its budget grows by the same factor. Outside the suite: 1."""
+    import os
+
+    try:
+        workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    except ValueError:
+        workers = 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1.0, workers / max(1, cores))
+
+
 def discover(folder: Path) -> list[Path]:
     """The course notebooks in ``folder`` (``NN_topic.ipynb``), in course order."""
     return sorted(folder.glob(NOTEBOOK_GLOB))

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from helpers import build
+from helpers import build, contract
 
 IN_FUNCTION = """\
 async def run(self, names):
@@ -133,3 +134,13 @@ def test_links_between_notebooks_resolve():
             for cell in nbformat.read(path, as_version=4).cells:
                 for target in link.findall(cell.source if cell.cell_type == "markdown" else ""):
                     assert (folder / target).exists(), f"{path.name} cell {cell.id} links to missing {target}"
+
+
+def test_budgets_stretch_by_test_workers_per_core(monkeypatch):
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT", raising=False)
+    assert contract.budget_stretch() == 1.0  # a learner's run, or the suite in one process
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(3 * cores))
+    assert contract.budget_stretch() == 3.0
+    monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "1")
+    assert contract.budget_stretch() == 1.0  # fewer workers than cores: never below the budget itself

@@ -19,12 +19,12 @@ import pytest
 from support import run_check, solution
 from temporalio.worker import Replayer, Worker
 
-from helpers import health, kernel, operations, pytest_runs, replay, server
+from helpers import contract, health, kernel, operations, pytest_runs, replay, server
 from helpers.billing_world import ALWAYS, BillingWorld
 from helpers.checks import nb07
 
 NB = solution("07")
-CHECK_BUDGET_S = 9.5  # a check cell's budget is 10 s
+CHECK_BUDGET_S = 9.5 * contract.budget_stretch()  # a check cell's budget is 10 s (on a machine of its own)
 
 
 def code_modules(scratch: Path) -> tuple[Any, Any]:

@@ -201,7 +201,7 @@ class Sleeper:
 def test_course_servers_fire_short_timers_on_time(scratch):
     """A default dev server rounds every timer up to ~1 s; the course's server settings must not (03's backoff plot
     and 05's continue-as-new chain rely on it). Five 0.2 s sleeps, each timed by the server in the history (from
-    TimerStarted to TimerFired): a busy test machine delays the worker's round trips, not the server's timers."""
+    TimerStarted to TimerFired), not by the worker's round trips, which a busy test machine stretches."""
 
     async def scenario():
         course = await new_course(scratch)
@@ -220,7 +220,9 @@ def test_course_servers_fire_short_timers_on_time(scratch):
             started[e.event_id] = when
         elif e.event_type == EventType.EVENT_TYPE_TIMER_FIRED:
             fired.append(when - started[e.timer_fired_event_attributes.started_event_id])
-    assert len(fired) == 5 and all(0.15 < took < 0.7 for took in fired), fired  # a default server: ~1 s each
+    # A default server fires every one of them at ~1 s; this one on time, except a timer a loaded test machine
+    # delays (seen: one of five at 1.1 s while six test workers ran): the fastest tells the settings apart.
+    assert len(fired) == 5 and all(took > 0.15 for took in fired) and min(fired) < 0.6, fired
 
 
 # --------------------------------------------------------------------------- never hang, never blame the learner

@@ -24,6 +24,7 @@ import nbformat
 import pytest
 
 from helpers import contract, server
+from helpers.waits import WAIT_SCALE_VAR
 
 ROOT = Path(__file__).resolve().parent.parent
 _STATE: dict[str, object] = {}
@@ -102,6 +103,13 @@ def _twice_notebook() -> type:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self.compare_outputs = True  # strict, as --nbval
+
+        def setup(self) -> None:
+            # The kernel shares the cores with the other test workers: its bounded waits (a check's 10 s) stretch by
+            # as much as the cell budgets do, as the grader's do when it runs several notebooks at once.
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv(WAIT_SCALE_VAR, f"{contract.budget_stretch():g}")
+                super().setup()  # starts the kernel, which keeps this environment
 
         def collect(self) -> Any:
             first = list(super().collect())

@@ -12,7 +12,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from helpers import build, checks, contract
+from helpers import build, checks, contract, waits
 
 LEARNER = sorted(build.NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
 SOLUTIONS = sorted(build.SOLUTIONS.glob("[0-9][0-9]_*.ipynb"))
@@ -40,6 +40,8 @@ def test_solution_checks_store_passing_verdicts(path: Path):
 def test_learner_notebook_runs_all_and_checks_say_not_done(path: Path, monkeypatch: pytest.MonkeyPatch):
     # Benchmark cells only need to work here (their numbers are never compared): measure a quarter of the time.
     monkeypatch.setenv(contract.BENCHMARK_SCALE_VAR, "0.25")
+    # The kernel shares the cores with the other test workers: its waits stretch as the cell budgets do.
+    monkeypatch.setenv(waits.WAIT_SCALE_VAR, f"{contract.budget_stretch():g}")
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb, timeout=60, kernel_name="python3", allow_errors=False, resources={"metadata": {"path": str(path.parent)}}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -48,6 +49,13 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ["TEMPORAL_ADDRESS"] = dev.address
     os.environ["TEMPORAL_NAMESPACE"] = "default"
     _STATE.update(server=dev, data=data)
+    # A run stopped with SIGTERM (a CI's time limit, `timeout`) ends like one stopped with Ctrl-C: pytest unwinds and
+    # pytest_unconfigure stops the server (it runs in a session of its own, so nothing else would).
+    signal.signal(signal.SIGTERM, _interrupt)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

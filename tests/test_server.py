@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from helpers import server
+from helpers import build, server
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -151,3 +152,42 @@ def test_cli_start_then_stop_leaves_nothing_running(private_data):
     assert stopped.returncode == 0 and f"pid {pid}" in stopped.stdout
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     assert cli("status", **env).returncode == 3
+
+
+SLOW_TEST = """
+import os, time
+
+def test_waits():
+    from conftest import _STATE  # the course's root conftest, loaded with -p conftest
+
+    print("SERVER", os.environ["TEMPORAL_ADDRESS"], _STATE["server"].pid, flush=True)
+    time.sleep(60)
+"""
+
+
+def test_a_test_run_stopped_with_sigterm_stops_its_server(tmp_path):
+    """`timeout` or a CI's time limit sends SIGTERM: the session's server (in a session of its own) must not outlive
+    the run, as four did here when pytest runs were stopped that way."""
+    (tmp_path / "test_slow.py").write_text(SLOW_TEST)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "TEMPORAL_"))}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "conftest", "-s", "-q", "-p", "no:cacheprovider", "-p", "no:xdist",
+         "--rootdir", str(tmp_path), str(tmp_path / "test_slow.py")],
+        cwd=build.ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    pid = None
+    try:
+        address, pid = next(line.split()[1:] for line in proc.stdout if line.startswith("SERVER"))  # type: ignore[union-attr]
+        host, port = address.rsplit(":", 1)
+        assert server._tcp_open(host, int(port), 2)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=20)
+        deadline = time.monotonic() + 10
+        while server._tcp_open(host, int(port), 0.5) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not server._tcp_open(host, int(port), 0.5), f"the run's server on {address} outlived it"
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        if pid is not None and server._pid_alive(int(pid)):
+            os.kill(int(pid), signal.SIGKILL)  # this test fails: its leftover server is not left to the machine

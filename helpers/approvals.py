@@ -25,6 +25,7 @@ from temporalio.api.enums.v1 import EventType as E
 from temporalio.client import WorkflowHistory
 
 from helpers.errors import short_failure
+from helpers.history import payload_values
 from helpers.widgets import TextFallback
 
 COLORS = {
@@ -66,16 +67,6 @@ class ApprovalLife:
     marks: list[Mark] = field(default_factory=list)
 
 
-def _payloads(payloads: Any) -> list[Any]:
-    out = []
-    for p in getattr(payloads, "payloads", []):
-        try:
-            out.append(json.loads(p.data))
-        except (ValueError, UnicodeDecodeError):
-            out.append(None)
-    return out
-
-
 def _summary(event: Any) -> str:
     """A timer's ``timeout_summary`` (what the deadline is for), if the workflow gave one."""
     if event.HasField("user_metadata") and event.user_metadata.HasField("summary"):
@@ -101,12 +92,12 @@ def life(history: WorkflowHistory, *, day: float, notify: str = "notify", decide
         t = e.event_type
         if t == E.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             a = e.activity_task_scheduled_event_attributes
-            args = _payloads(a.input)
+            args = payload_values(a.input)
             if a.activity_type.name == notify and len(args) >= 3:
                 result.marks.append(Mark(at(e), "sent", f"{args[2]} → {args[1]}"))
         elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED:
             a = e.workflow_execution_signaled_event_attributes
-            args = _payloads(a.input)
+            args = payload_values(a.input)
             if a.signal_name == decide and args and isinstance(args[0], dict):
                 approved = bool(args[0].get("approved"))
                 verb = "approved" if approved else "rejected"
@@ -120,7 +111,7 @@ def life(history: WorkflowHistory, *, day: float, notify: str = "notify", decide
                 start, label = timers.pop(a.started_event_id)
                 result.deadlines.append(Deadline(start, at(e), label, fired))
         elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED:
-            values = _payloads(e.workflow_execution_completed_event_attributes.result)
+            values = payload_values(e.workflow_execution_completed_event_attributes.result)
             result.outcome = str(values[0]) if values else ""
         elif t == E.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED:
             result.outcome = "failed: " + e.workflow_execution_failed_event_attributes.failure.message

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from helpers.backup import Execution
+from helpers.history import payload_values
 
 POLL_S = 0.1
 
@@ -29,16 +29,6 @@ class ServerHeartbeat:
     at: float
     attempt: int
     details: list[Any]
-
-
-def _details(payloads: Any) -> list[Any]:
-    out = []
-    for p in payloads.payloads:
-        try:
-            out.append(json.loads(p.data))
-        except ValueError:
-            out.append(None)
-    return out
 
 
 def last_done(details: Sequence[Any]) -> int:
@@ -92,7 +82,7 @@ class ProgressWatcher:
             beat = ServerHeartbeat(
                 act.last_heartbeat_time.ToNanoseconds() / 1e9,
                 act.attempt,
-                _details(act.heartbeat_details),
+                payload_values(act.heartbeat_details),
             )
             if not self.heartbeats or (self.heartbeats[-1].at, self.heartbeats[-1].details) != (beat.at, beat.details):
                 self.heartbeats.append(beat)

@@ -27,6 +27,18 @@ def event_name(event: HistoryEvent) -> str:
     return "".join(part.capitalize() for part in raw.split("_"))
 
 
+def payload_values(payloads: Any) -> list[Any]:
+    """The values of some payloads in a history event (an input, a result, heartbeat details), decoded as the
+    default converter encodes them (JSON); ``None`` for one that is not JSON."""
+    values = []
+    for p in getattr(payloads, "payloads", []):
+        try:
+            values.append(json.loads(p.data))
+        except (ValueError, UnicodeDecodeError):
+            values.append(None)
+    return values
+
+
 def payload_text(payloads: Any) -> str:
     """Payloads as short JSON text (the default converter stores JSON); binary shown by size."""
     parts = []

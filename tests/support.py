@@ -77,13 +77,9 @@ class Notebook:
         return textwrap.dedent("\n".join(lines[begin + 1 : end]))
 
     def with_solution(self, cell_id: str, body: str) -> str:
-        """The cell's code (without its ``%%module`` line) with its solution region replaced by ``body``, dedented
-        and then indented like the region: another learner's answer, in the cell as the learner gets it."""
-        lines = self.source(cell_id).split("\n")
-        begin, end = _region(lines)
-        indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-        answer = textwrap.indent(textwrap.dedent(body).strip("\n"), indent).split("\n")
-        return "\n".join([*lines[:begin], *answer, *lines[end + 1 :]])
+        """The cell's code (without its ``%%module`` line) with its solution region replaced by ``body``: another
+        learner's answer, in the cell as the learner gets it."""
+        return swap_solution(self.source(cell_id), body)
 
     def stored_verdict(self, ex_id: str) -> str:
         """The verdict line the solution stores for ``ex_id``: the grader compares a learner's check output with it
@@ -97,6 +93,16 @@ class Notebook:
         result = eval(code, namespace)
         if inspect.iscoroutine(result):
             await result
+
+
+def swap_solution(source: str, body: str) -> str:
+    """``source`` with its solution region (the markers included) replaced by ``body``, dedented and then indented
+    like the region."""
+    lines = source.split("\n")
+    begin, end = _region(lines)
+    indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
+    answer = textwrap.indent(textwrap.dedent(body).strip("\n"), indent).split("\n")
+    return "\n".join([*lines[:begin], *answer, *lines[end + 1 :]])
 
 
 def _region(lines: list[str]) -> tuple[int, int]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-import textwrap
 import threading
 import time
 from datetime import timedelta
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from support import run_check, solution
+from support import run_check, solution, swap_solution
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError, TimeoutType
 
@@ -28,16 +27,6 @@ from helpers.checks import nb03
 matplotlib.use("Agg")
 
 NB03 = solution("03")
-
-
-def swap_region(source: str, new: str) -> str:
-    """``source`` with its solution region (markers included) replaced by ``new``, indented like the markers."""
-    lines = source.split("\n")
-    begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
-    end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
-    indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-    body = [indent + line if line else line for line in textwrap.dedent(new).strip("\n").split("\n")]
-    return "\n".join(lines[:begin] + body + lines[end + 1 :])
 
 
 def assert_verdict(verdict, ex_id: str, status: str, hint: str) -> None:
@@ -54,7 +43,7 @@ def exercise_module(scratch: Path, cell_id: str, variant: str, variants: dict[st
 
     def change(source: str) -> str:
         if variant != "solution":
-            source = swap_region(source, variants[variant])
+            source = swap_solution(source, variants[variant])
         return edit(source) if edit else source
 
     return NB03.module(scratch, cell_id, edit=change)

@@ -8,7 +8,6 @@ wrong answers, each of which must get its own verdict.
 from __future__ import annotations
 
 import asyncio
-import re
 import sqlite3
 import textwrap
 import time
@@ -28,22 +27,10 @@ NB = solution("04")
 def with_solution(cell_id: str, body: str, *, prelude: str = "", imports: str = "") -> str:
     """The exercise cell with its solution region replaced by ``body`` (dedented, then indented like the region);
     ``prelude`` goes before the workflow class, ``imports`` at the top."""
-    lines = NB.source(cell_id).split("\n")
-    begin = next(i for i, line in enumerate(lines) if line.strip() == "### BEGIN SOLUTION")
-    end = next(i for i, line in enumerate(lines) if line.strip() == "### END SOLUTION")
-    indent = re.match(r"\s*", lines[begin])[0]  # type: ignore[index]
-    new = [*lines[:begin], *textwrap.indent(textwrap.dedent(body).strip("\n"), indent).split("\n"), *lines[end + 1 :]]
-    source = "\n".join(new)
+    source = NB.with_solution(cell_id, body)
     if prelude:
         source = source.replace("@workflow.defn", textwrap.dedent(prelude).strip("\n") + "\n\n\n@workflow.defn", 1)
     return (imports + "\n" if imports else "") + source
-
-
-def solution_body(cell_id: str) -> str:
-    lines = NB.source(cell_id).split("\n")
-    begin = next(i for i, line in enumerate(lines) if line.strip() == "### BEGIN SOLUTION")
-    end = next(i for i, line in enumerate(lines) if line.strip() == "### END SOLUTION")
-    return textwrap.dedent("\n".join(lines[begin + 1 : end]))
 
 
 # --------------------------------------------------------------------------- the world
@@ -347,7 +334,7 @@ TRIP_ALT_EXPLICIT = """
         raise
 """
 
-TRIP_FIFO = solution_body("ex1-code").replace("reversed(compensations)", "compensations")
+TRIP_FIFO = NB.solution_body("ex1-code").replace("reversed(compensations)", "compensations")
 TRIP_REGISTER_AFTER = """
     compensations = []
     try:
@@ -359,11 +346,11 @@ TRIP_REGISTER_AFTER = """
             await workflow.execute_activity(cancel, trip, **UNDO)
         raise ApplicationError(f"trip not booked: {err}", non_retryable=True)
 """
-TRIP_SWALLOWS = solution_body("ex1-code").replace(
+TRIP_SWALLOWS = NB.solution_body("ex1-code").replace(
     """raise ApplicationError(f"trip {trip['id']} not booked: {err}", type="TripFailed", non_retryable=True)""",
     'return "sorry, not booked"',
 )
-TRIP_PLAIN_RAISE = solution_body("ex1-code").replace(
+TRIP_PLAIN_RAISE = NB.solution_body("ex1-code").replace(
     """raise ApplicationError(f"trip {trip['id']} not booked: {err}", type="TripFailed", non_retryable=True)""",
     'raise RuntimeError("trip not booked")',
 )
@@ -378,8 +365,8 @@ TRIP_ALL_UP_FRONT = """
         raise
 """
 for _wrong in (TRIP_FIFO, TRIP_SWALLOWS, TRIP_PLAIN_RAISE):
-    assert _wrong != solution_body("ex1-code")  # the solution changed: update the edit
-TRIP_NO_RETRIES = solution_body("ex1-code").replace(
+    assert _wrong != NB.solution_body("ex1-code")  # the solution changed: update the edit
+TRIP_NO_RETRIES = NB.solution_body("ex1-code").replace(
     "await workflow.execute_activity(book, trip, **STEP)",
     "await workflow.execute_activity(book, trip, start_to_close_timeout=timedelta(seconds=1), "
     "retry_policy=RetryPolicy(maximum_attempts=1))  # (wrong) one attempt only",
@@ -578,8 +565,8 @@ SAFE_ALT_FINALLY = """
                 raise ApplicationError("compensation failed", {"failed": failed}, type="NeedsHuman")
 """
 
-SAFE_STOPS = solution_body("ex1-code").replace("except Exception as err:", "except BaseException as err:")
-SAFE_BODY = solution_body("ex3-code")
+SAFE_STOPS = NB.solution_body("ex1-code").replace("except Exception as err:", "except BaseException as err:")
+SAFE_BODY = NB.solution_body("ex3-code")
 SAFE_NO_ESCALATION = SAFE_BODY.replace(
     "    if failed:\n        raise ApplicationError(", "    if False:\n        raise ApplicationError("
 )

@@ -13,14 +13,13 @@ import asyncio
 import os
 import subprocess
 import sys
-import textwrap
 import time
 from datetime import timedelta
 from pathlib import Path
 
 import matplotlib
 import pytest
-from support import run_check, solution
+from support import run_check, solution, swap_solution
 
 from helpers import approvals, contract, kernel, server, time_skipping, worker
 from helpers.checks import nb06
@@ -30,23 +29,6 @@ matplotlib.use("Agg")
 
 NB = solution("06")
 CLAIM = {"employee": "sam", "approver": "ada", "manager": "mo", "amount": 84.5, "what": "a train ticket"}
-
-
-def swap_region(source: str, new: str) -> str:
-    """``source`` with its solution region (markers included) replaced by ``new``, indented like the markers."""
-    lines = source.split("\n")
-    begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
-    end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
-    indent = lines[begin][: len(lines[begin]) - len(lines[begin].lstrip())]
-    body = [indent + line if line else line for line in textwrap.dedent(new).strip("\n").split("\n")]
-    return "\n".join(lines[:begin] + body + lines[end + 1 :])
-
-
-def region(cell_id: str) -> str:
-    lines = NB.source(cell_id).split("\n")
-    begin = next(i for i, line in enumerate(lines) if "### BEGIN SOLUTION" in line)
-    end = next(i for i, line in enumerate(lines) if "### END SOLUTION" in line)
-    return textwrap.dedent("\n".join(lines[begin + 1 : end]))
 
 
 def assert_verdict(verdict, ex_id: str, status: str, hint: str) -> None:
@@ -414,7 +396,7 @@ class TicketCounter:
             raise ApplicationError("no")
 """
 
-SOLUTION_06_1 = region("ex1-code")
+SOLUTION_06_1 = NB.solution_body("ex1-code")
 COUNTER_STATE_IN_RUN = SOLUTION_06_1.replace(
     """    @workflow.init
     def __init__(self, concert: str, seats: int) -> None:
@@ -526,7 +508,7 @@ def test_nb06_ticket_counter(variant, status, hint, make_course, scratch, capsys
     if variant in ("solution", "stub"):
         tickets = NB.module(scratch, "ex1-code", learner=variant == "stub")
     else:
-        source = swap_region(NB.source("ex1-code"), COUNTER_VARIANTS[variant])
+        source = swap_solution(NB.source("ex1-code"), COUNTER_VARIANTS[variant])
         if variant == "dataclass-and-names":
             source = "from dataclasses import dataclass\n" + source
         tickets = kernel.write_module(scratch, "tickets", source)
@@ -561,7 +543,7 @@ async def add_to_cart(client: Client, customer: str, item: str, task_queue: str)
     )
     return await cart.execute_update(carts.Cart.add, item)
 """
-SOLUTION_06_2 = region("ex2-code")
+SOLUTION_06_2 = NB.solution_body("ex2-code")
 CART_FAIL = SOLUTION_06_2.replace("WorkflowIDConflictPolicy.USE_EXISTING", "WorkflowIDConflictPolicy.FAIL")
 CART_TERMINATE = SOLUTION_06_2.replace(
     "WorkflowIDConflictPolicy.USE_EXISTING", "WorkflowIDConflictPolicy.TERMINATE_EXISTING"
@@ -614,7 +596,7 @@ def add_to_cart_function(variant: str, carts) -> object:
     if variant in ("solution", "stub"):
         source = NB.source("ex2-code", learner=variant == "stub")
     else:
-        source = swap_region(NB.source("ex2-code"), CART_VARIANTS[variant])
+        source = swap_solution(NB.source("ex2-code"), CART_VARIANTS[variant])
     exec(source, ns)
     return ns["add_to_cart"]
 
@@ -682,7 +664,7 @@ elif self.decision.approved:
 else:
     outcome = f"rejected by {self.decision.by}"
 """
-SOLUTION_06_3 = region("ex3-code")
+SOLUTION_06_3 = NB.solution_body("ex3-code")
 LEAVE_NO_TIMEOUT = """
 await workflow.wait_condition(lambda: self.decision is not None)  # (wrong) no deadline
 outcome = f"{'approved' if self.decision.approved else 'rejected'} by {self.decision.by}"
@@ -753,7 +735,7 @@ def test_nb06_leave_request(variant, status, hint, make_course, scratch, capsys)
     if variant in ("solution", "stub"):
         leave = NB.module(scratch, "ex3-code", learner=variant == "stub")
     else:
-        leave = kernel.write_module(scratch, "leave", swap_region(NB.source("ex3-code"), LEAVE_VARIANTS[variant]))
+        leave = kernel.write_module(scratch, "leave", swap_solution(NB.source("ex3-code"), LEAVE_VARIANTS[variant]))
 
     async def scenario():
         await make_course("06")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import difflib
-import json
 import re
 from collections.abc import Mapping
 from datetime import timedelta
@@ -15,6 +14,7 @@ from temporalio.api.enums.v1 import EventType
 
 from helpers import runtime
 from helpers.checks import NotDone, Wrong, exercise, require, worker_for
+from helpers.history import payload_values
 
 # --------------------------------------------------------------------------- 01.1 where orchestration fits
 
@@ -183,13 +183,7 @@ async def _scheduled_activities(handle: Any) -> list[tuple[str, list[Any]]]:
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
-            args = []
-            for p in attrs.input.payloads:
-                try:
-                    args.append(json.loads(p.data))
-                except ValueError:
-                    args.append(None)
-            out.append((attrs.activity_type.name, args))
+            out.append((attrs.activity_type.name, payload_values(attrs.input)))
     return out
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 from collections.abc import Mapping
 from types import ModuleType
@@ -23,6 +22,7 @@ from temporalio.worker import Worker
 
 from helpers import errors, history_sizes, runtime, server, worker
 from helpers.checks import Wrong, exercise, require, worker_for
+from helpers.history import payload_values
 
 E = EventType
 
@@ -132,17 +132,6 @@ def _unregistered(activity: str) -> str:
 CATALOG_RUNS = [(40, 10), (35, 15)]  # (items, chunk size): the second has a shorter last chunk
 
 
-def _values(payloads: Any) -> list[Any]:
-    """The JSON values of some payloads (what a workflow or child was started with)."""
-    out = []
-    for p in getattr(payloads, "payloads", []):
-        try:
-            out.append(json.loads(p.data))
-        except (ValueError, UnicodeDecodeError):
-            out.append(None)
-    return out
-
-
 def _children(hist: Any) -> list[dict[str, Any]]:
     """The children a parent started, in order: input items, and when they were initiated and completed."""
     events = list(hist.events)
@@ -155,7 +144,7 @@ def _children(hist: Any) -> list[dict[str, Any]]:
     for e in events:
         if e.event_type == E.EVENT_TYPE_START_CHILD_WORKFLOW_EXECUTION_INITIATED:
             a = e.start_child_workflow_execution_initiated_event_attributes
-            items = _values(a.input)
+            items = payload_values(a.input)
             children[e.event_id] = {
                 "type": a.workflow_type.name,
                 "items": items[0] if items else None,

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import warnings
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from temporalio.service import RPCError
 
 from helpers import errors, runtime, time_skipping
 from helpers.checks import NotDone, Wrong, exercise, worker_for
+from helpers.history import payload_values
 from helpers.kernel import BrokenModule
 from helpers.waits import FATAL_TASK_CAUSES, pending_activities
 
@@ -81,16 +81,6 @@ async def _refusal(handle: WorkflowHandle[Any, Any], call: Awaitable[Any], what:
         return True, err
 
 
-def _args(payloads: Any) -> list[Any]:
-    out = []
-    for p in getattr(payloads, "payloads", []):
-        try:
-            out.append(json.loads(p.data))
-        except ValueError:
-            out.append(None)
-    return out
-
-
 async def _accepted_updates(handle: WorkflowHandle[Any, Any], name: str) -> list[Any]:
     """The first argument of every ``name`` update the history accepted, in order."""
     out = []
@@ -98,7 +88,7 @@ async def _accepted_updates(handle: WorkflowHandle[Any, Any], name: str) -> list
         if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
             request = event.workflow_execution_update_accepted_event_attributes.accepted_request
             if request.input.name == name:
-                args = _args(request.input.args)
+                args = payload_values(request.input.args)
                 out.append(args[0] if args else None)
     return out
 

@@ -44,6 +44,7 @@ from temporalio.worker import Worker
 
 from helpers import runtime, server
 from helpers.errors import CourseError
+from helpers.waits import wait_scale
 
 # The metric names the signals are computed from (Temporal's SDK prefixes every metric with ``temporal_``).
 ATTEMPTS = "temporal_activity_execution_latency"  # histogram: one value per attempt
@@ -54,6 +55,7 @@ SIGNAL_METRICS = (ATTEMPTS, FAILED_ATTEMPTS, WORKFLOW_DURATION)
 BUFFER_SIZE = 500_000  # updates kept between two drains; a dashboard drains four times a second
 SAMPLE_S = 0.25  # how often the dashboard reads the metrics and asks visibility
 DRAW_S = 1.5  # how often it redraws
+SETTLE_S = 5.0  # how long status_counts(running=n) waits for visibility to catch up
 STATUSES = ("Running", "Completed", "Failed")
 STATUS_COLORS = {"Running": "#4c72b0", "Completed": "#55a868", "Failed": "#c44e52"}
 ACTIVITY_COLORS = ("#dd8452", "#8172b2", "#937860", "#da8bc3", "#8c8c8c", "#ccb974")
@@ -155,11 +157,20 @@ class Signals:
         return sorted(self.attempts, key=lambda a: (-self.attempts[a], a))
 
 
-async def status_counts(client: Client, query: str) -> dict[str, int]:
+async def status_counts(client: Client, query: str, *, running: int | None = None) -> dict[str, int]:
     """``{status: count}`` of the runs ``query`` matches (``GROUP BY ExecutionStatus``, the one grouping a dev
-    server's visibility store supports)."""
-    result = await asyncio.wait_for(client.count_workflows(f"{query} GROUP BY ExecutionStatus"), 5)
-    counts = {str(g.group_values[0]): g.count for g in result.groups}
+    server's visibility store supports).
+
+    Visibility is eventually consistent: a run whose result you just got can still be listed as Running for a
+    moment. With ``running=n`` (you know how many still run, e.g. 0 after awaiting them all) it asks again until it
+    lists ``n`` running runs, for at most :data:`SETTLE_S` seconds, then returns what it says."""
+    deadline = time.monotonic() + SETTLE_S * wait_scale()
+    while True:
+        result = await asyncio.wait_for(client.count_workflows(f"{query} GROUP BY ExecutionStatus"), 5)
+        counts = {str(g.group_values[0]): g.count for g in result.groups}
+        if running is None or counts.get("Running", 0) == running or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
     order = {status: n for n, status in enumerate(STATUSES)}  # the same order every time
     return dict(sorted(counts.items(), key=lambda item: (order.get(item[0], len(order)), item[0])))
 

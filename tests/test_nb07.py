@@ -274,6 +274,32 @@ def test_the_dashboard_counts_what_visibility_and_the_metrics_say_and_draws_four
     (tmp_path / "dashboard.png").write_bytes(png)
 
 
+def test_status_counts_wait_for_visibility_to_list_the_runs_just_awaited_as_closed(make_course, scratch, monkeypatch):
+    """A run whose result was just awaited can still be listed as Running (07's strict ops-reset output read
+    {'Running': 1, 'Completed': 23, ...} once under load): with running=0 the counts wait, bounded, for visibility."""
+    billing, dunning = code_modules(scratch)
+    monkeypatch.setattr(health, "SETTLE_S", 1.0)
+
+    async def scenario():
+        course = await make_course("07")
+        queue = course.new_task_queue("counts")
+        await course.start_worker(workflows=[dunning.Dunning], activities=billing.ACTIVITIES, task_queue=queue)
+        billing.world.add_customer("c-ok")
+        query = f"TaskQueue = '{queue}'"
+        invoice = billing.Invoice(course.new_id("inv"), "c-ok", 100)
+        await course.run(dunning.Dunning.run, invoice, id=invoice.id, task_queue=queue, show=False)
+        settled = await health.status_counts(course.client, query, running=0)
+        started = time.monotonic()
+        never = await health.status_counts(course.client, query, running=5)  # never true: bounded, then as is
+        took = time.monotonic() - started
+        await course.stop_all()
+        return settled, never, took
+
+    settled, never, took = asyncio.run(scenario())
+    assert settled == {"Completed": 1} and never == {"Completed": 1}
+    assert 0.9 < took < 4
+
+
 def test_prometheus_serves_the_same_counters_on_loopback(make_course, scratch):
     billing, dunning = code_modules(scratch)
 

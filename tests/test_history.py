@@ -6,7 +6,7 @@ import asyncio
 
 import matplotlib
 
-from helpers import history, plots, runtime
+from helpers import contract, history, plots, runtime
 
 matplotlib.use("Agg")  # helpers.plots imports pyplot lazily, so this still takes effect
 
@@ -65,7 +65,7 @@ def test_table_and_timeline_tell_the_story(make_course, scratch):
     rows = {b.row for b in bars}
     assert {"workflow", "workflow tasks", "timers", "activity flaky"} <= rows
     timer = next(b for b in bars if b.row == "timers")
-    assert 0.15 <= timer.end - timer.start <= 2.0
+    assert 0.15 <= timer.end - timer.start <= 2.0 * contract.budget_stretch()  # a loaded machine delayed one 3 s
     activity = next(b for b in bars if b.row == "activity flaky")
     assert activity.label == "2 attempts" and activity.kind == "activity"
     ax = plots.draw(bars, title="t")

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType, PendingActivityState, WorkflowTaskFailedCause
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus, WorkflowHandle
 
 from helpers.errors import (
     ActivityKeepsFailing,
@@ -76,7 +76,8 @@ async def wait_result(
                     raise error
             if not pending - watchers:
                 break
-        if not result_task.done() and await _closed(handle):
+        described = None if result_task.done() else await _describe(handle)
+        if isinstance(described, WorkflowExecutionDescription) and described.status != WorkflowExecutionStatus.RUNNING:
             # it ended just as the time ran out (a busy machine): its result, not "did not finish"
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(result_task), 5)
@@ -84,7 +85,7 @@ async def wait_result(
             if (err := result_task.exception()) is not None and is_unavailable(err):
                 raise server_not_answering(_address(client))
             return result_task.result()
-        raise await _stuck(client, handle, timeout)
+        raise await _stuck(client, handle, timeout, described)
     finally:
         for task in (result_task, *watchers):
             task.cancel()
@@ -148,24 +149,27 @@ def pending_activities(description: Any) -> tuple[PendingActivity, ...]:
     return tuple(out)
 
 
-async def _closed(handle: WorkflowHandle[Any, Any]) -> bool:
-    """Whether the run has ended (completed, failed, …), as far as the server says within 3 s."""
+async def _describe(handle: WorkflowHandle[Any, Any]) -> WorkflowExecutionDescription | Exception:
+    """What the server says of the run within 3 s, or why it said nothing."""
     try:
-        desc = await asyncio.wait_for(handle.describe(), 3)
-    except Exception:
-        return False
-    return desc.status not in (None, WorkflowExecutionStatus.RUNNING)
+        return await asyncio.wait_for(handle.describe(), 3)
+    except Exception as err:
+        return err
 
 
-async def _stuck(client: Client, handle: WorkflowHandle[Any, Any], timeout: float) -> CourseError:
+async def _stuck(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    timeout: float,
+    described: WorkflowExecutionDescription | Exception | None,
+) -> CourseError:
     """Why a run did not finish in time, as the error to raise: what it waits for, and whose move it is."""
     lines = [f"Workflow {handle.id} did not finish within {timeout:g} s."]
-    try:
-        desc = await asyncio.wait_for(handle.describe(), 3)
-    except Exception as err:
-        if is_unavailable(err):
+    if not isinstance(described, WorkflowExecutionDescription):
+        if described is not None and is_unavailable(described):
             return server_not_answering(_address(client))
         return WorkflowStuck("\n".join([*lines, "Hint: open it in the Temporal UI to see what it is waiting for."]))
+    desc = described
     if desc.status != WorkflowExecutionStatus.RUNNING:
         lines.append(f"Its status is {desc.status.name if desc.status else 'unknown'}.")
     pending = pending_activities(desc)
